@@ -1,0 +1,181 @@
+"""Every status change of a batch, in one place.
+
+Transitions are conditional UPDATEs (``WHERE status IN (...)``), so concurrent
+workers, the API and the sweeper can race without double transitions: exactly
+one caller wins and gets ``True``. Each change is logged on one line and sent
+as a signal after commit.
+"""
+
+import logging
+import os
+import socket
+import uuid
+from datetime import timedelta
+
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from files_app.conf import app_settings
+
+from .models import CANCELLABLE_STATUSES, TERMINAL_STATUSES, Batch, BatchStatus
+from .queue import enqueue
+from .signals import batch_finished, batch_status_changed
+
+logger = logging.getLogger("openai_batches.lifecycle")
+
+TIMESTAMP_FIELD = {
+    BatchStatus.IN_PROGRESS: "in_progress_at",
+    BatchStatus.FINALIZING: "finalizing_at",
+    BatchStatus.COMPLETED: "completed_at",
+    BatchStatus.FAILED: "failed_at",
+    BatchStatus.EXPIRED: "expired_at",
+    BatchStatus.CANCELLING: "cancelling_at",
+    BatchStatus.CANCELLED: "cancelled_at",
+}
+
+
+def worker_id():
+    """Identifies this process (and one task run within it) as a lease owner."""
+    return f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def transition(batch_id, from_statuses, to_status, **fields):
+    """Move a batch from one of ``from_statuses`` to ``to_status``; True if this call did it."""
+    now = timezone.now()
+    stamp = TIMESTAMP_FIELD.get(to_status)
+    if stamp:
+        fields.setdefault(stamp, now)
+    for from_status in from_statuses:
+        updated = Batch.objects.filter(pk=batch_id, status=from_status).update(status=to_status, **fields)
+        if updated:
+            logger.info("batch.status batch_id=%s from=%s to=%s", batch_id, from_status, to_status)
+            transaction.on_commit(lambda f=from_status: _announce(batch_id, f, to_status))
+            return True
+    return False
+
+
+def _announce(batch_id, old_status, new_status):
+    batch = Batch.objects.filter(pk=batch_id).first()
+    if batch is None:
+        return
+    batch_status_changed.send(sender=Batch, batch=batch, old_status=old_status, new_status=new_status)
+    if new_status in TERMINAL_STATUSES:
+        batch_finished.send(sender=Batch, batch=batch)
+
+
+# --- creation -----------------------------------------------------------------
+
+
+def create_batch(**fields):
+    """Store a new batch in ``validating`` and queue its validation."""
+    now = timezone.now()
+    batch = Batch.objects.create(
+        created_at=now,
+        expires_at=now + timedelta(seconds=app_settings.COMPLETION_WINDOW_SECONDS),
+        **fields,
+    )
+    logger.info("batch.created batch_id=%s owner=%s endpoint=%s input_file_id=%s", batch.id, batch.owner_id, batch.endpoint, batch.input_file_id)
+    enqueue("validate_batch", batch.id)
+    return batch
+
+
+# --- validation outcome ---------------------------------------------------------
+
+
+def start_processing(batch_id, *, total, model, failed_requests=0):
+    """validating -> in_progress once every line is stored as a request row."""
+    started = transition(
+        batch_id,
+        [BatchStatus.VALIDATING],
+        BatchStatus.IN_PROGRESS,
+        total_requests=total,
+        failed_requests=failed_requests,
+        model=model,
+        lease_owner=None,
+        lease_expires_at=None,
+    )
+    if started:
+        for _ in range(app_settings.RUN_TASKS_PER_BATCH):
+            enqueue("run_batch", batch_id)
+    return started
+
+
+def fail_validation(batch_id, errors):
+    return transition(batch_id, [BatchStatus.VALIDATING], BatchStatus.FAILED, errors=errors, lease_owner=None, lease_expires_at=None)
+
+
+# --- cancel and expiry ------------------------------------------------------------
+
+
+def request_cancel(batch):
+    """API/admin cancel: ``cancelling`` now; workers stop and finalize to ``cancelled``."""
+    if transition(batch.id, CANCELLABLE_STATUSES, BatchStatus.CANCELLING):
+        enqueue("finalize_batch", batch.id)
+        return True
+    return False
+
+
+def expire_if_due(batch_id, now=None):
+    """Past ``expires_at``, unfinished work stops; finalize writes what is done and marks it expired."""
+    now = now or timezone.now()
+    due = Batch.objects.filter(pk=batch_id, expires_at__lte=now).exists()
+    if due and transition(batch_id, [BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS], BatchStatus.FINALIZING):
+        enqueue("finalize_batch", batch_id)
+        return True
+    return False
+
+
+# --- batch-level leases (validation, finalization) and concurrency slots -------------
+
+
+def acquire_batch_lease(batch_id, owner, statuses):
+    """Exclusive right to validate or finalize this batch, for LEASE_SECONDS."""
+    now = timezone.now()
+    return bool(
+        Batch.objects.filter(pk=batch_id, status__in=statuses)
+        .filter(Q(lease_owner__isnull=True) | Q(lease_owner=owner) | Q(lease_expires_at__lte=now))
+        .update(lease_owner=owner, lease_expires_at=now + timedelta(seconds=app_settings.LEASE_SECONDS))
+    )
+
+
+def release_batch_lease(batch_id, owner):
+    Batch.objects.filter(pk=batch_id, lease_owner=owner).update(lease_owner=None, lease_expires_at=None)
+
+
+def acquire_slot(batch_id):
+    """Hold (or renew) one of MAX_CONCURRENT_BATCHES running slots for this batch.
+
+    Several run tasks of one batch share its slot. The in-progress batches are
+    locked while counting so two hosts cannot both take the last slot (on
+    SQLite the IMMEDIATE transaction serialises this anyway).
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        active = list(
+            Batch.objects.select_for_update()
+            .filter(status=BatchStatus.IN_PROGRESS, slot_expires_at__gt=now)
+            .values_list("pk", flat=True)
+        )
+        if batch_id not in active and len(active) >= app_settings.MAX_CONCURRENT_BATCHES:
+            return False
+        return bool(
+            Batch.objects.filter(pk=batch_id, status=BatchStatus.IN_PROGRESS).update(
+                slot_expires_at=now + timedelta(seconds=app_settings.LEASE_SECONDS)
+            )
+        )
+
+
+def release_slot(batch_id):
+    Batch.objects.filter(pk=batch_id).update(slot_expires_at=None)
+    # A slot is free: the oldest batch waiting for one can start now.
+    waiting = (
+        Batch.objects.filter(status=BatchStatus.IN_PROGRESS)
+        .filter(Q(slot_expires_at__isnull=True) | Q(slot_expires_at__lte=timezone.now()))
+        .exclude(pk=batch_id)
+        .order_by("created_at")
+        .values_list("pk", flat=True)
+        .first()
+    )
+    if waiting:
+        enqueue("run_batch", waiting)

@@ -1,0 +1,167 @@
+"""Finalization: turning a batch's rows into its output and error files."""
+
+import json
+import logging
+import tempfile
+from datetime import timedelta
+
+from django.core.files import File as DjangoFile
+from django.db import transaction
+from django.utils import timezone
+
+from files_app.models import File, FilePurpose
+
+from . import lifecycle
+from .models import Batch, BatchRequest, BatchStatus, RequestStatus
+
+logger = logging.getLogger("openai_batches.output")
+
+# OpenAI's messages for requests that never ran.
+UNFINISHED_ERRORS = {
+    BatchStatus.CANCELLED: {"code": "batch_cancelled", "message": "This request was cancelled because the batch was cancelled."},
+    BatchStatus.EXPIRED: {
+        "code": "batch_expired",
+        "message": "This request could not be executed before the completion window expired.",
+    },
+}
+UNFINISHED_ROW_STATUS = {BatchStatus.CANCELLED: RequestStatus.CANCELLED, BatchStatus.EXPIRED: RequestStatus.EXPIRED}
+SPOOL_BYTES = 1024 * 1024
+
+
+class UsageTotals:
+    """Sums token usage across response bodies of any endpoint."""
+
+    def __init__(self):
+        self.input = self.output = self.cached = self.reasoning = 0
+
+    def add(self, body):
+        usage = body.get("usage") if isinstance(body, dict) else None
+        if not isinstance(usage, dict):
+            return
+        self.input += _int(usage.get("input_tokens", usage.get("prompt_tokens")))
+        self.output += _int(usage.get("output_tokens", usage.get("completion_tokens")))
+        input_details = usage.get("input_tokens_details") or usage.get("prompt_tokens_details") or {}
+        output_details = usage.get("output_tokens_details") or usage.get("completion_tokens_details") or {}
+        self.cached += _int(input_details.get("cached_tokens")) if isinstance(input_details, dict) else 0
+        self.reasoning += _int(output_details.get("reasoning_tokens")) if isinstance(output_details, dict) else 0
+
+    def as_openai(self):
+        return {
+            "input_tokens": self.input,
+            "input_tokens_details": {"cached_tokens": self.cached},
+            "output_tokens": self.output,
+            "output_tokens_details": {"reasoning_tokens": self.reasoning},
+            "total_tokens": self.input + self.output,
+        }
+
+
+def _int(value):
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def final_status_for(batch, has_unfinished, now):
+    if batch.status == BatchStatus.CANCELLING:
+        return BatchStatus.CANCELLED
+    expired = batch.expires_at is not None and now >= batch.expires_at
+    return BatchStatus.EXPIRED if (has_unfinished or (expired and batch.in_progress_at is None)) else BatchStatus.COMPLETED
+
+
+def finalize_batch(batch_id):
+    """Write output/error files and end the batch. Idempotent; safe to call from anywhere.
+
+    Does nothing while a runner still holds live leases on the batch's rows: that
+    runner finalizes when it stops.
+    """
+    batch = Batch.objects.filter(pk=batch_id).first()
+    if batch is None or batch.status not in (BatchStatus.FINALIZING, BatchStatus.CANCELLING):
+        return False
+    if BatchRequest.objects.filter(batch_id=batch_id).live_leases().exists():
+        return False
+    owner = lifecycle.worker_id()
+    if not lifecycle.acquire_batch_lease(batch_id, owner, [BatchStatus.FINALIZING, BatchStatus.CANCELLING]):
+        return False
+    try:
+        return _finalize(batch_id, owner)
+    finally:
+        lifecycle.release_batch_lease(batch_id, owner)
+
+
+def _finalize(batch_id, owner):
+    batch = Batch.objects.get(pk=batch_id)
+    now = timezone.now()
+    rows = BatchRequest.objects.filter(batch_id=batch_id)
+    has_unfinished = rows.unfinished().exists()
+    final_status = final_status_for(batch, has_unfinished, now)
+    if has_unfinished:
+        rows.unfinished().update(
+            status=UNFINISHED_ROW_STATUS[final_status],
+            error=UNFINISHED_ERRORS[final_status],
+            status_code=None,
+            response_body=None,
+            lease_owner=None,
+            lease_expires_at=None,
+            finished_at=now,
+        )
+
+    usage = UsageTotals()
+    counts = {"succeeded": 0, "failed": 0}
+    with tempfile.SpooledTemporaryFile(SPOOL_BYTES) as out, tempfile.SpooledTemporaryFile(SPOOL_BYTES) as err:
+        fields = ("id", "batch_id", "line", "custom_id", "status", "status_code", "response_body", "error", "upstream_request_id")
+        for row in rows.order_by("line").only(*fields).iterator(chunk_size=2000):
+            line = (json.dumps(row.to_output_line(), ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+            if row.status == RequestStatus.SUCCEEDED:
+                counts["succeeded"] += 1
+                usage.add(row.response_body)
+                out.write(line)
+            else:
+                counts["failed"] += 1
+                if row.status_code is not None:
+                    usage.add(row.response_body)
+                err.write(line)
+        output_file = _store(batch, out, "output", counts["succeeded"], now)
+        error_file = _store(batch, err, "error", counts["failed"], now)
+
+    with transaction.atomic():
+        ended = lifecycle.transition(
+            batch_id,
+            [BatchStatus.FINALIZING, BatchStatus.CANCELLING],
+            final_status,
+            output_file=output_file,
+            error_file=error_file,
+            total_requests=counts["succeeded"] + counts["failed"],
+            completed_requests=counts["succeeded"],
+            failed_requests=counts["failed"],
+            usage=usage.as_openai() if counts["succeeded"] + counts["failed"] else None,
+            lease_owner=None,
+            lease_expires_at=None,
+            slot_expires_at=None,
+        )
+    if not ended:  # someone else finished it meanwhile: ours are spare copies
+        for spare in (output_file, error_file):
+            if spare is not None:
+                spare.delete()
+        return False
+    logger.info(
+        "batch.finalized batch_id=%s status=%s completed=%d failed=%d", batch_id, final_status, counts["succeeded"], counts["failed"]
+    )
+    return True
+
+
+def _store(batch, handle, kind, line_count, now):
+    """Save one result file through the storage API; None when it would be empty."""
+    if not line_count:
+        return None
+    size = handle.tell()
+    handle.seek(0)
+    expires_at = now + timedelta(seconds=batch.output_expires_after) if batch.output_expires_after else None
+    obj = File(
+        owner_id=batch.owner_id,
+        filename=f"{batch.id}_{kind}.jsonl",
+        purpose=FilePurpose.BATCH_OUTPUT,
+        bytes=size,
+        created_at=now,
+        expires_at=expires_at,
+    )
+    obj.content.save(obj.filename, DjangoFile(handle), save=False)
+    obj.save()
+    return obj

@@ -1,0 +1,166 @@
+"""Talking to the OpenAI-compatible upstream: clients, model discovery, outcome classification."""
+
+import dataclasses
+import email.utils
+import json
+import logging
+import time
+
+import openai
+
+from files_app.conf import app_settings
+
+try:  # openai>=3 is built on httpx2; older releases on httpx.
+    import httpx2 as httpx
+except ImportError:  # pragma: no cover
+    import httpx
+
+logger = logging.getLogger("openai_batches.upstream")
+
+# Statuses worth another attempt (OpenAI's SDK retries the same ones).
+TRANSIENT_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
+
+
+class UpstreamNotConfigured(Exception):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Route:
+    base_url: str
+    api_key: str
+
+
+def route_for(model):
+    """Where requests for ``model`` go: the MODELS routing table, else the default upstream."""
+    table = app_settings.MODELS
+    if isinstance(table, dict) and isinstance(table.get(model), dict):
+        entry = table[model]
+        return Route(entry.get("base_url") or default_base_url(), entry.get("api_key", app_settings.UPSTREAM_API_KEY))
+    return Route(default_base_url(), app_settings.UPSTREAM_API_KEY)
+
+
+def default_base_url():
+    url = app_settings.UPSTREAM_BASE_URL
+    if not url:
+        raise UpstreamNotConfigured("No upstream configured: set OPENAI_BATCHES['UPSTREAM_BASE_URL'].")
+    return url.rstrip("/")
+
+
+def async_client(route: Route, max_connections: int) -> openai.AsyncOpenAI:
+    # Retries are ours (persisted per request, with backoff), so the SDK's are off.
+    return openai.AsyncOpenAI(
+        base_url=route.base_url,
+        api_key=route.api_key or "none",
+        max_retries=0,
+        timeout=app_settings.UPSTREAM_TIMEOUT,
+        http_client=openai.DefaultAsyncHttpxClient(
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        ),
+    )
+
+
+def served_models(model_names):
+    """The subset of ``model_names`` the upstream serves (None entries: unknown).
+
+    Asked once per batch. Returns ``(served: set, error: str | None)``.
+    """
+    table = app_settings.MODELS
+    if table is not None:
+        return set(table) & set(model_names), None
+    routes = {}
+    for name in model_names:
+        routes.setdefault(route_for(name), []).append(name)
+    served = set()
+    for route, names in routes.items():
+        client = openai.OpenAI(base_url=route.base_url, api_key=route.api_key or "none", max_retries=2, timeout=30)
+        try:
+            available = {m.id for m in client.models.list()}
+        except openai.APIError as exc:
+            return served, f"The upstream at {route.base_url} could not list its models: {type(exc).__name__}."
+        finally:
+            client.close()
+        served |= available & set(names)
+    return served, None
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What one upstream call produced, in the shape the error/output files need."""
+
+    kind: str  # "succeeded" | "failed" | "retry"
+    status_code: int | None = None
+    body: dict | None = None
+    request_id: str = ""
+    error: dict | None = None
+    retry_after: float | None = None
+    connection_error: bool = False
+
+
+def endpoint_path(endpoint):
+    # The batch endpoint is "/v1/chat/completions"; the client's base_url already ends in /v1.
+    return endpoint[3:] if endpoint.startswith("/v1/") else endpoint
+
+
+def error_from_body(status_code, body):
+    err = body.get("error") if isinstance(body, dict) else None
+    if isinstance(err, dict):
+        return {"code": err.get("code") or err.get("type") or str(status_code), "message": err.get("message") or ""}
+    if isinstance(err, str):
+        return {"code": str(status_code), "message": err}
+    return {"code": str(status_code), "message": f"Upstream answered HTTP {status_code}."}
+
+
+def parse_retry_after(headers):
+    value = headers.get("retry-after-ms")
+    if value:
+        try:
+            return float(value) / 1000
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        parsed = email.utils.parsedate_tz(value)
+        return max(0.0, email.utils.mktime_tz(parsed) - time.time()) if parsed else None
+
+
+def _json_body(response):
+    try:
+        body = response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
+        return {"error": {"message": response.text[:2000], "type": "upstream_error"}}
+    return body if isinstance(body, dict) else {"data": body}
+
+
+async def send(client: openai.AsyncOpenAI, endpoint: str, body: dict) -> Outcome:
+    """One upstream call, classified. Never raises for upstream trouble."""
+    try:
+        response = await client.post(endpoint_path(endpoint), cast_to=httpx.Response, body=body)
+    except openai.APIStatusError as exc:
+        response = exc.response
+    except openai.APITimeoutError:
+        return Outcome("retry", error={"code": "upstream_timeout", "message": "The upstream request timed out."}, connection_error=True)
+    except openai.APIConnectionError as exc:
+        return Outcome(
+            "retry",
+            error={"code": "upstream_unreachable", "message": f"Could not reach the upstream: {type(exc.__cause__ or exc).__name__}."},
+            connection_error=True,
+        )
+    status_code = response.status_code
+    payload = _json_body(response)
+    request_id = response.headers.get("x-request-id", "")
+    if 200 <= status_code < 300:
+        return Outcome("succeeded", status_code=status_code, body=payload, request_id=request_id)
+    kind = "retry" if status_code in TRANSIENT_STATUSES else "failed"
+    return Outcome(
+        kind,
+        status_code=status_code,
+        body=payload,
+        request_id=request_id,
+        error=error_from_body(status_code, payload),
+        retry_after=parse_retry_after(response.headers) if kind == "retry" else None,
+    )

@@ -1,0 +1,18 @@
+"""All /v1 routes of both apps: ``path("v1/", include("batches.urls"))``."""
+
+from django.urls import include, path, re_path
+from rest_framework.routers import SimpleRouter
+
+from files_app.api import api_not_found
+
+from .views import BatchViewSet
+
+router = SimpleRouter(trailing_slash=False)
+router.register("batches", BatchViewSet, basename="openai-batch")
+
+urlpatterns = [
+    path("batches/<str:pk>/cancel", BatchViewSet.as_view({"post": "cancel"}), name="openai-batch-cancel"),
+    path("", include("files_app.urls")),
+    *router.urls,
+    re_path(r"^.*$", api_not_found),
+]

@@ -1,0 +1,181 @@
+import hashlib
+import json
+import logging
+
+from django.db import IntegrityError, transaction
+from rest_framework.response import Response
+
+from files_app.api import OpenAIError, OpenAIViewSet, not_found
+from files_app.models import File, FilePurpose
+
+from . import lifecycle
+from .models import Batch, BatchStatus
+from .validation import SUPPORTED_ENDPOINTS
+
+logger = logging.getLogger("openai_batches.api")
+
+MAX_METADATA_PAIRS = 16
+MAX_METADATA_KEY = 64
+MAX_METADATA_VALUE = 512
+OUTPUT_EXPIRES_AFTER_RANGE = (3600, 2592000)
+
+
+def check_metadata(metadata):
+    if metadata is None:
+        return None
+    if not isinstance(metadata, dict):
+        raise OpenAIError("Invalid type for 'metadata': expected an object.", param="metadata", code="invalid_type")
+    if len(metadata) > MAX_METADATA_PAIRS:
+        raise OpenAIError(
+            f"Invalid 'metadata': too many properties. Expected an object with at most {MAX_METADATA_PAIRS} properties, but got {len(metadata)} instead.",
+            param="metadata",
+            code="object_above_max_properties",
+        )
+    for key, value in metadata.items():
+        if len(key) > MAX_METADATA_KEY:
+            raise OpenAIError(
+                f"Invalid 'metadata': key '{key[:80]}' is longer than {MAX_METADATA_KEY} characters.", param=f"metadata.{key[:80]}", code="invalid_type"
+            )
+        if not isinstance(value, str):
+            raise OpenAIError(
+                f"Invalid type for 'metadata.{key}': expected a string, but got {type(value).__name__} instead.",
+                param=f"metadata.{key}",
+                code="invalid_type",
+            )
+        if len(value) > MAX_METADATA_VALUE:
+            raise OpenAIError(
+                f"Invalid 'metadata.{key}': string too long. Expected a string with maximum length {MAX_METADATA_VALUE}, but got a string with length {len(value)} instead.",
+                param=f"metadata.{key}",
+                code="invalid_type",
+            )
+    return metadata
+
+
+def parse_output_expires_after(value):
+    if value is None:
+        return None
+    if not isinstance(value, dict) or value.get("anchor") != "created_at":
+        raise OpenAIError(
+            "Invalid 'output_expires_after': expected {\"anchor\": \"created_at\", \"seconds\": N}.", param="output_expires_after", code="invalid_value"
+        )
+    seconds = value.get("seconds")
+    low, high = OUTPUT_EXPIRES_AFTER_RANGE
+    if not isinstance(seconds, int) or isinstance(seconds, bool) or not low <= seconds <= high:
+        raise OpenAIError(
+            f"Invalid 'output_expires_after.seconds': expected an integer between {low} and {high}.",
+            param="output_expires_after.seconds",
+            code="integer_out_of_range",
+        )
+    return seconds
+
+
+class BatchViewSet(OpenAIViewSet):
+    """/v1/batches: create, retrieve, list, cancel (OpenAI's wire format)."""
+
+    lookup_value_regex = "[^/]+"
+
+    def get_queryset(self):
+        return Batch.objects.owned_by(self.request.user)
+
+    def get_object(self):
+        batch_id = self.kwargs["pk"]
+        batch = self.get_queryset().filter(pk=batch_id).first()
+        if batch is None:
+            raise not_found("Batch", batch_id)
+        return batch
+
+    def create(self, request):
+        data = request.data
+        if not isinstance(data, dict):
+            raise OpenAIError("The request body must be a JSON object.", code="invalid_type")
+        for field in ("input_file_id", "endpoint", "completion_window"):
+            if data.get(field) in (None, ""):
+                raise OpenAIError(f"Missing required parameter: '{field}'.", param=field, code="missing_required_parameter")
+        for field in ("input_file_id", "endpoint", "completion_window"):
+            if not isinstance(data[field], str):
+                raise OpenAIError(f"Invalid type for '{field}': expected a string.", param=field, code="invalid_type")
+        endpoint = data["endpoint"]
+        if endpoint not in SUPPORTED_ENDPOINTS:
+            raise OpenAIError(
+                f"Invalid value: '{endpoint}'. Supported values are: {', '.join(repr(e) for e in SUPPORTED_ENDPOINTS)}.",
+                param="endpoint",
+                code="invalid_value",
+            )
+        if data["completion_window"] != "24h":
+            raise OpenAIError(
+                f"Invalid value: '{data['completion_window']}'. Supported values are: '24h'.", param="completion_window", code="invalid_value"
+            )
+        metadata = check_metadata(data.get("metadata"))
+        output_expires_after = parse_output_expires_after(data.get("output_expires_after"))
+        idempotency_key = request.headers.get("Idempotency-Key") or data.get("idempotency_key")
+        if idempotency_key is not None and (not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 255):
+            raise OpenAIError("Invalid 'idempotency_key': expected a string of 1 to 255 characters.", param="idempotency_key", code="invalid_value")
+
+        input_file = File.objects.owned_by(request.user).live().filter(pk=data["input_file_id"]).first()
+        if input_file is None:
+            raise OpenAIError(f"No such File object: {data['input_file_id']}", status_code=404, param="input_file_id")
+        if input_file.purpose != FilePurpose.BATCH:
+            raise OpenAIError(
+                f"The input file {input_file.id} has purpose '{input_file.purpose}'; batch input files must have purpose 'batch'.",
+                param="input_file_id",
+                code="invalid_value",
+            )
+
+        fields = {
+            "input_file_id": input_file.id,
+            "endpoint": endpoint,
+            "completion_window": "24h",
+            "metadata": metadata,
+            "output_expires_after": output_expires_after,
+        }
+        fingerprint = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+        if idempotency_key:
+            existing = self.get_queryset().filter(idempotency_key=idempotency_key).first()
+            if existing:
+                return self._replay(existing, fingerprint)
+        try:
+            with transaction.atomic():
+                batch = lifecycle.create_batch(
+                    owner=request.user, idempotency_key=idempotency_key, request_fingerprint=fingerprint, **fields
+                )
+        except IntegrityError:
+            # A concurrent create with the same key won the unique constraint.
+            existing = self.get_queryset().filter(idempotency_key=idempotency_key).first()
+            if existing is None:
+                raise
+            return self._replay(existing, fingerprint)
+        return Response(batch.to_openai())
+
+    def _replay(self, existing, fingerprint):
+        if existing.request_fingerprint != fingerprint:
+            raise OpenAIError(
+                "This idempotency key was already used with different parameters.",
+                status_code=409,
+                param="idempotency_key",
+                code="idempotency_key_reused",
+                headers={"x-should-retry": "false"},
+            )
+        return Response(existing.to_openai())
+
+    def list(self, request):
+        params = request.query_params
+        return self.paginate(
+            self.get_queryset(), after=params.get("after"), limit=params.get("limit", 20), max_limit=100, to_openai=Batch.to_openai
+        )
+
+    def retrieve(self, request, pk=None):
+        return Response(self.get_object().to_openai())
+
+    def cancel(self, request, pk=None):
+        batch = self.get_object()
+        lifecycle.request_cancel(batch)
+        batch.refresh_from_db()
+        if batch.status not in (BatchStatus.CANCELLING, BatchStatus.CANCELLED):
+            raise OpenAIError(
+                f"Cannot cancel a batch with status '{batch.status}'.",
+                status_code=409,
+                code="batch_not_cancellable",
+                headers={"x-should-retry": "false"},
+            )
+        logger.info("batch.cancel_requested batch_id=%s owner=%s status=%s", batch.id, request.user.pk, batch.status)
+        return Response(batch.to_openai())

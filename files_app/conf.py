@@ -1,0 +1,76 @@
+"""Settings for the files_app and batches apps.
+
+Both apps read one namespaced dict, ``settings.OPENAI_BATCHES``. Every key has a
+documented default below; values are read on each access (never snapshotted at
+import), so ``override_settings(OPENAI_BATCHES={...})`` works in tests.
+
+    from files_app.conf import app_settings
+    app_settings.MAX_CONCURRENT_REQUESTS_PER_BATCH
+"""
+
+from django.conf import settings
+
+SETTING_NAME = "OPENAI_BATCHES"
+
+DEFAULTS = {
+    # --- Upstream (any OpenAI-compatible server: vLLM, Ollama, llama.cpp, OpenAI) ---
+    # Base URL including /v1, e.g. "http://127.0.0.1:8080/v1". Required to run batches.
+    "UPSTREAM_BASE_URL": None,
+    # Sent as the bearer token upstream. Never logged, never returned.
+    "UPSTREAM_API_KEY": "",
+    # Seconds one upstream request may take before it counts as a (retryable) timeout.
+    "UPSTREAM_TIMEOUT": 600.0,
+    # Optional allow-list / routing table: {"model-id": {"base_url": ..., "api_key": ...}}
+    # or a list of model ids. When None, the upstream's /v1/models decides.
+    "MODELS": None,
+    # --- Concurrency (cluster-wide, enforced through the database) ---
+    "MAX_CONCURRENT_BATCHES": 4,
+    "MAX_CONCURRENT_REQUESTS_PER_BATCH": 64,
+    # run tasks enqueued per batch; more than one lets several workers share a batch.
+    "RUN_TASKS_PER_BATCH": 1,
+    # --- Retries ---
+    # Attempts per request (first try included) for transient upstream failures.
+    "MAX_ATTEMPTS": 5,
+    "RETRY_BACKOFF_BASE": 1.0,  # seconds, doubled per attempt, with full jitter
+    "RETRY_BACKOFF_MAX": 60.0,
+    # Consecutive transient failures that pause the whole batch (circuit breaker).
+    "CIRCUIT_BREAKER_THRESHOLD": 5,
+    # --- Leases and task slicing ---
+    # A claimed request (or a batch being validated/finalized) belongs to one worker
+    # for this long; leases are renewed while the work is alive, so this only bounds
+    # how long a killed worker's work waits before another worker takes it over.
+    "LEASE_SECONDS": 60.0,
+    # A run task hands its batch back to the queue after this long, keeping every
+    # django-q2 task well under Q_CLUSTER["timeout"].
+    "RUN_SLICE_SECONDS": 300.0,
+    # --- Batch limits (OpenAI's) ---
+    "COMPLETION_WINDOW_SECONDS": 24 * 3600,  # shorten in tests to exercise expiry
+    "MAX_REQUESTS_PER_BATCH": 50_000,
+    "MAX_INPUT_FILE_BYTES": 200 * 1024 * 1024,
+    "MAX_VALIDATION_ERRORS": 100,
+    # --- Files ---
+    "MAX_UPLOAD_BYTES": 512 * 1024 * 1024,
+    # Which STORAGES alias holds file contents (S3 works through django-storages).
+    "STORAGE_ALIAS": "default",
+    # --- API ---
+    # DRF throttle rate per API key, e.g. "600/min"; None disables throttling.
+    "THROTTLE_RATE": None,
+}
+
+
+class AppSettings:
+    """Lazy view over ``settings.OPENAI_BATCHES`` with defaults."""
+
+    def __getattr__(self, name):
+        if name not in DEFAULTS:
+            raise AttributeError(f"Unknown {SETTING_NAME} setting: {name!r}")
+        user = getattr(settings, SETTING_NAME, None) or {}
+        return user.get(name, DEFAULTS[name])
+
+    def as_dict(self):
+        return {name: getattr(self, name) for name in DEFAULTS}
+
+
+app_settings = AppSettings()
+
+

@@ -1,0 +1,143 @@
+import hashlib
+import logging
+import secrets
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+from .ids import make_id
+
+logger = logging.getLogger("openai_batches.files")
+
+KEY_PREFIX = "sk-batch-"
+
+
+def hash_key(raw_key: str) -> str:
+    # Keys are 256-bit random, so a fast unsalted hash is enough to make a leaked
+    # database useless while keeping lookups a single indexed query.
+    return hashlib.sha256(raw_key.encode()).hexdigest()
+
+
+class ApiKeyQuerySet(models.QuerySet):
+    def active(self):
+        return self.filter(revoked_at__isnull=True)
+
+    def issue(self, user, name=""):
+        """Create a key and return ``(api_key, raw_secret)``; the secret is not stored."""
+        raw = KEY_PREFIX + secrets.token_urlsafe(32)
+        api_key = self.create(user=user, name=name, prefix=raw[: len(KEY_PREFIX) + 6], key_hash=hash_key(raw))
+        return api_key, raw
+
+
+class ApiKey(models.Model):
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="openai_api_keys")
+    name = models.CharField(max_length=200, blank=True)
+    prefix = models.CharField(max_length=32, editable=False, help_text="First characters of the key, to recognise it.")
+    key_hash = models.CharField(max_length=64, unique=True, editable=False)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    objects = ApiKeyQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = "API key"
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return f"{self.prefix}… ({self.user})"
+
+    @property
+    def is_active(self):
+        return self.revoked_at is None
+
+    def revoke(self):
+        if self.revoked_at is None:
+            self.revoked_at = timezone.now()
+            self.save(update_fields=["revoked_at"])
+
+
+class FilePurpose(models.TextChoices):
+    BATCH = "batch"
+    BATCH_OUTPUT = "batch_output"
+    ASSISTANTS = "assistants"
+    FINE_TUNE = "fine-tune"
+    VISION = "vision"
+    USER_DATA = "user_data"
+    EVALS = "evals"
+
+
+# Purposes a client may upload; batch_output files are only written by workers.
+UPLOADABLE_PURPOSES = [p for p in FilePurpose.values if p != FilePurpose.BATCH_OUTPUT]
+
+
+def new_file_id():
+    return make_id("file-")
+
+
+def file_upload_to(instance, filename):
+    # Stored under the id, never under the client's filename (no traversal, no clashes).
+    return f"openai_files/{instance.id}.jsonl" if instance.purpose in ("batch", "batch_output") else f"openai_files/{instance.id}"
+
+
+def file_storage():
+    from django.core.files.storage import storages
+
+    from .conf import app_settings
+
+    return storages[app_settings.STORAGE_ALIAS]
+
+
+class FileQuerySet(models.QuerySet):
+    def live(self, now=None):
+        """Files that have not expired (expired ones are gone for the API)."""
+        now = now or timezone.now()
+        return self.filter(models.Q(expires_at__isnull=True) | models.Q(expires_at__gt=now))
+
+    def owned_by(self, user):
+        return self.filter(owner=user)
+
+
+class File(models.Model):
+    id = models.CharField(primary_key=True, max_length=64, default=new_file_id, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="openai_files")
+    filename = models.CharField(max_length=255)
+    purpose = models.CharField(max_length=32, choices=FilePurpose.choices)
+    bytes = models.BigIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    expires_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    content = models.FileField(upload_to=file_upload_to, storage=file_storage, max_length=255)
+
+    objects = FileQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["owner", "purpose", "created_at"])]
+
+    def __str__(self):
+        return f"{self.id} ({self.filename})"
+
+    def to_openai(self):
+        return {
+            "id": self.id,
+            "object": "file",
+            "bytes": self.bytes,
+            "created_at": int(self.created_at.timestamp()),
+            "expires_at": int(self.expires_at.timestamp()) if self.expires_at else None,
+            "filename": self.filename,
+            "purpose": self.purpose,
+            "status": "processed",
+            "status_details": None,
+        }
+
+    def delete(self, *args, **kwargs):
+        # Contents go with the row; storage errors must not resurrect the row.
+        name = self.content.name
+        result = super().delete(*args, **kwargs)
+        if name:
+            try:
+                self.content.storage.delete(name)
+            except OSError:
+                logger.warning("file.content_delete_failed file_id=%s", self.id, exc_info=True)
+        return result

@@ -1,0 +1,155 @@
+import logging
+import re
+import unicodedata
+from datetime import timedelta
+
+from django.core.files.uploadhandler import StopUpload
+from django.http import FileResponse
+from django.utils import timezone
+from rest_framework.decorators import action
+from rest_framework.exceptions import ParseError
+from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.response import Response
+
+from .api import OpenAIError, OpenAIViewSet, not_found
+from .conf import app_settings
+from .models import UPLOADABLE_PURPOSES, File, FilePurpose
+from .uploads import CappedTemporaryFileUploadHandler
+
+logger = logging.getLogger("openai_batches.files")
+
+# OpenAI's bounds for expires_after[seconds]: 1 hour .. 30 days.
+MIN_EXPIRES_AFTER = 3600
+MAX_EXPIRES_AFTER = 30 * 24 * 3600
+
+
+def clean_filename(name: str) -> str:
+    """Keep the client's filename for display only: no directories, no control characters."""
+    name = unicodedata.normalize("NFC", name or "")
+    name = re.split(r"[\\/]", name)[-1]
+    name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C").strip().lstrip(".")
+    return name[:255] or "upload"
+
+
+def parse_expires_after(data, *, param="expires_after"):
+    """``expires_after[anchor]=created_at`` + ``expires_after[seconds]=N`` -> seconds or None."""
+    anchor = data.get(f"{param}[anchor]")
+    seconds = data.get(f"{param}[seconds]")
+    if anchor is None and seconds is None:
+        return None
+    if anchor != "created_at":
+        raise OpenAIError(f"Invalid '{param}.anchor': expected 'created_at'.", param=f"{param}.anchor", code="invalid_value")
+    try:
+        seconds = int(seconds)
+    except (TypeError, ValueError):
+        raise OpenAIError(f"Invalid '{param}.seconds': expected an integer.", param=f"{param}.seconds", code="invalid_type")
+    if not MIN_EXPIRES_AFTER <= seconds <= MAX_EXPIRES_AFTER:
+        raise OpenAIError(
+            f"Invalid '{param}.seconds': must be between {MIN_EXPIRES_AFTER} and {MAX_EXPIRES_AFTER}.",
+            param=f"{param}.seconds",
+            code="integer_out_of_range",
+        )
+    return seconds
+
+
+class FileViewSet(OpenAIViewSet):
+    """/v1/files: upload, list, retrieve, content, delete (OpenAI's wire format)."""
+
+    lookup_value_regex = "[^/]+"
+
+    def get_queryset(self):
+        return File.objects.owned_by(self.request.user).live()
+
+    def get_object(self):
+        file_id = self.kwargs["pk"]
+        obj = self.get_queryset().filter(pk=file_id).first()
+        if obj is None:
+            raise not_found("File", file_id)
+        return obj
+
+    def get_parsers(self):
+        if getattr(self, "action", None) == "create" or self.request.method == "POST":
+            return [MultiPartParser(), FormParser()]
+        return super().get_parsers()
+
+    def initialize_request(self, request, *args, **kwargs):
+        request.upload_handlers = [CappedTemporaryFileUploadHandler(request)]
+        return super().initialize_request(request, *args, **kwargs)
+
+    def create(self, request):
+        try:
+            data, files = request.data, request.FILES
+        except (StopUpload, ParseError):
+            data = files = None
+        if any(getattr(h, "too_large", False) for h in request._request.upload_handlers):
+            limit_mb = app_settings.MAX_UPLOAD_BYTES // (1024 * 1024)
+            raise OpenAIError(
+                f"File is too large. The maximum file size is {limit_mb} MB.", status_code=413, param="file", code="file_too_large"
+            )
+        if data is None:
+            raise OpenAIError("Could not parse multipart form data.", param="file", code="invalid_request")
+        upload = files.get("file")
+        if upload is None:
+            raise OpenAIError("Missing required parameter: 'file'.", param="file", code="missing_required_parameter")
+        purpose = data.get("purpose")
+        if not purpose:
+            raise OpenAIError("Missing required parameter: 'purpose'.", param="purpose", code="missing_required_parameter")
+        if purpose not in UPLOADABLE_PURPOSES:
+            raise OpenAIError(
+                f"Invalid value for 'purpose': '{purpose}'. Supported values are: {', '.join(repr(p) for p in UPLOADABLE_PURPOSES)}.",
+                param="purpose",
+                code="invalid_value",
+            )
+        filename = clean_filename(upload.name)
+        if purpose == FilePurpose.BATCH and not filename.lower().endswith(".jsonl"):
+            raise OpenAIError("Invalid file format for Batch API. Must be .jsonl", param="file", code="invalid_file_format")
+        expires_after = parse_expires_after(data)
+        now = timezone.now()
+        obj = File(
+            owner=request.user,
+            filename=filename,
+            purpose=purpose,
+            bytes=upload.size,
+            created_at=now,
+            expires_at=now + timedelta(seconds=expires_after) if expires_after else None,
+        )
+        obj.content.save(filename, upload, save=False)
+        obj.save()
+        logger.info("file.created file_id=%s owner=%s purpose=%s bytes=%d", obj.id, request.user.pk, purpose, obj.bytes)
+        return Response(obj.to_openai())
+
+    def list(self, request):
+        params = request.query_params
+        queryset = self.get_queryset()
+        if params.get("purpose"):
+            queryset = queryset.filter(purpose=params["purpose"])
+        order = params.get("order", "desc")
+        if order not in ("asc", "desc"):
+            raise OpenAIError("Invalid 'order': expected 'asc' or 'desc'.", param="order", code="invalid_value")
+        return self.paginate(
+            queryset,
+            order=order,
+            after=params.get("after"),
+            limit=params.get("limit", 10000),
+            max_limit=10000,
+            to_openai=File.to_openai,
+        )
+
+    def retrieve(self, request, pk=None):
+        return Response(self.get_object().to_openai())
+
+    def destroy(self, request, pk=None):
+        obj = self.get_object()
+        obj.delete()
+        logger.info("file.deleted file_id=%s owner=%s", pk, request.user.pk)
+        return Response({"id": pk, "object": "file", "deleted": True})
+
+    @action(detail=True, methods=["get"])
+    def content(self, request, pk=None):
+        obj = self.get_object()
+        try:
+            handle = obj.content.open("rb")
+        except (FileNotFoundError, OSError):
+            raise OpenAIError(f"The content of file {pk} is no longer available.", status_code=404, param="id")
+        # Streams from storage in chunks; never loads the whole file.
+        return FileResponse(handle, content_type="application/octet-stream", filename=obj.filename, as_attachment=True)

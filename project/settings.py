@@ -1,0 +1,176 @@
+"""Settings of the runnable service. Everything comes from the environment
+(documented in README.md); the apps themselves only read OPENAI_BATCHES."""
+
+import os
+from pathlib import Path
+
+import dj_database_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(os.environ.get("VAR_DIR", BASE_DIR / "var"))
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+
+def env_bool(name, default=False):
+    return os.environ.get(name, str(default)).lower() in ("1", "true", "yes", "on")
+
+
+def env_int(name, default):
+    return int(os.environ.get(name, default))
+
+
+def env_float(name, default):
+    return float(os.environ.get(name, default))
+
+
+DEBUG = env_bool("DJANGO_DEBUG")
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY") or "insecure-dev-key-set-DJANGO_SECRET_KEY-in-production"
+ALLOWED_HOSTS = [h for h in os.environ.get("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver").split(",") if h]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "django_q",
+    "files_app",
+    "batches",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "files_app.middleware.RequestIdMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "project.urls"
+WSGI_APPLICATION = "project.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database: DATABASE_URL, default a SQLite file under var/ in WAL mode ---
+DATABASES = {"default": dj_database_url.parse(os.environ.get("DATABASE_URL") or f"sqlite:///{VAR_DIR / 'db.sqlite3'}", conn_max_age=0)}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["default"]["OPTIONS"] = {
+        # Several processes write (web, workers): WAL lets readers go on while one
+        # writes, IMMEDIATE takes the write lock up front instead of failing mid-transaction.
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=30000;",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 30,
+    }
+    DATABASES["default"]["TEST"] = {"NAME": os.environ.get("TEST_SQLITE_NAME") or None}
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = Path(os.environ.get("STATIC_ROOT", VAR_DIR / "static"))
+MEDIA_ROOT = Path(os.environ.get("MEDIA_ROOT", VAR_DIR / "media"))
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+}
+
+# Big batch files are uploaded as multipart; the apps cap uploads themselves.
+DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
+FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
+
+# --- Cache: Redis when configured (shared by every worker host), else local memory ---
+REDIS_URL = os.environ.get("BATCHES_REDIS_URL")
+if REDIS_URL:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+
+# --- The apps' own settings ---
+OPENAI_BATCHES = {
+    "UPSTREAM_BASE_URL": os.environ.get("BATCHES_UPSTREAM_BASE_URL") or None,
+    "UPSTREAM_API_KEY": os.environ.get("BATCHES_UPSTREAM_API_KEY", ""),
+    "MAX_CONCURRENT_BATCHES": env_int("BATCHES_MAX_CONCURRENT_BATCHES", 4),
+    "MAX_CONCURRENT_REQUESTS_PER_BATCH": env_int("BATCHES_MAX_CONCURRENT_REQUESTS_PER_BATCH", 64),
+    "RUN_TASKS_PER_BATCH": env_int("BATCHES_RUN_TASKS_PER_BATCH", 1),
+    "MAX_ATTEMPTS": env_int("BATCHES_MAX_ATTEMPTS", 5),
+    "RETRY_BACKOFF_BASE": env_float("BATCHES_RETRY_BACKOFF_BASE", 1.0),
+    "LEASE_SECONDS": env_float("BATCHES_LEASE_SECONDS", 60),
+    "COMPLETION_WINDOW_SECONDS": env_int("BATCHES_COMPLETION_WINDOW_SECONDS", 24 * 3600),
+    "UPSTREAM_TIMEOUT": env_float("BATCHES_UPSTREAM_TIMEOUT", 600),
+    "THROTTLE_RATE": os.environ.get("BATCHES_THROTTLE_RATE") or None,
+}
+
+# --- django-q2 ---
+# The broker is the ORM on the same database (transactional with the batch rows),
+# or Redis when BATCHES_REDIS_URL is set. retry must exceed timeout by the time a
+# task can wait in the workers' in-memory queue (see DESIGN.md); duplicates are
+# harmless anyway because all batch work is lease-guarded.
+Q_WORKERS = env_int("BATCHES_WORKERS", 2)
+Q_CLUSTER = {
+    "name": "openai_batches",
+    "workers": Q_WORKERS,
+    "queue_limit": Q_WORKERS * 2,
+    "timeout": 600,
+    "retry": 600 * 3 + 60,
+    "max_attempts": 3,
+    "ack_failures": True,
+    "catch_up": False,
+    "save_limit": 1000,
+    "poll": 0.1,
+    "guard_cycle": 0.5,
+    "label": "Task queue",
+}
+if REDIS_URL:
+    Q_CLUSTER["redis"] = REDIS_URL
+else:
+    Q_CLUSTER["orm"] = "default"
+if env_bool("BATCHES_Q_SYNC"):
+    Q_CLUSTER["sync"] = True
+
+# --- Security (production defaults; `manage.py check --deploy` clean with DJANGO_DEBUG=0) ---
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_HTTPONLY = True
+if env_bool("DJANGO_HTTPS"):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = True
+    SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = 31536000
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"line": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "line"}},
+    "loggers": {
+        "openai_batches": {"handlers": ["console"], "level": os.environ.get("BATCHES_LOG_LEVEL", "INFO"), "propagate": False},
+        "django_q": {"handlers": ["console"], "level": "WARNING", "propagate": False},
+    },
+}
