@@ -133,7 +133,7 @@ OPENAI_BATCHES = {
 # harmless anyway because all batch work is lease-guarded.
 Q_WORKERS = env_int("BATCHES_WORKERS", 2)
 Q_CLUSTER = {
-    "name": "openai_batches",
+    "name": os.environ.get("BATCHES_Q_NAME", "openai_batches"),
     "workers": Q_WORKERS,
     "queue_limit": Q_WORKERS * 2,
     "timeout": 600,

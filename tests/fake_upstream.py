@@ -578,7 +578,7 @@ class FakeUpstream:
                 parse_error = exc
         key = content_key(path, body) if isinstance(body, dict) else None
         record = self._record_arrival(path, raw, key, cfg)
-        status = 0
+        recorded = False
         try:
             if cfg["down"]:
                 # Simulated outage: the client sees the connection close with no response.
@@ -630,10 +630,14 @@ class FakeUpstream:
                 status, payload, extra = exc.status, exc.body, exc.headers
             except Exception as exc:  # odd input shapes must not kill the connection silently
                 status, payload = 500, error_body(f"fake upstream failed: {exc!r}", "server_error")
+            # Record before writing: a client may read stats the instant it has the response.
+            self._record_done(record, status)
+            recorded = True
             self._write(writer, status, payload, extra, keep_alive)
             return keep_alive
         finally:
-            self._record_done(record, status)
+            if not recorded:  # dropped, hung or cancelled: no HTTP status was sent
+                self._record_done(record, 0)
 
     def _route(self, method: str, path: str, body: Any, raw: bytes) -> dict:
         if path == "/v1/models" or path.startswith("/v1/models/"):

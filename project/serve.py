@@ -1,0 +1,69 @@
+"""`make run`: migrate, make sure an API key exists, then run the web server
+(gunicorn, static files by whitenoise) and a qcluster worker in the foreground.
+Ctrl-C (or SIGTERM) stops everything."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def manage(*args, capture=False):
+    return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, check=True, text=True, capture_output=capture)
+
+
+def ensure_api_key():
+    """Print a first key on a fresh install; later runs leave keys alone."""
+    import django
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
+    django.setup()
+    from files_app.models import ApiKey
+
+    if ApiKey.objects.exists():
+        print("API keys exist already (create another: python manage.py create_api_key USERNAME).")
+        return
+    out = manage("create_api_key", "admin", "--name", "first key", capture=True).stdout.strip().splitlines()[-1]
+    print(f"\n  Your first API key (shown once):\n\n    {out}\n")
+
+
+def main():
+    port = os.environ.get("PORT", "8000")
+    manage("migrate", "--no-input", "-v0")
+    manage("collectstatic", "--no-input", "-v0")
+    ensure_api_key()
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "project.wsgi", "-b", f"0.0.0.0:{port}", "-w", os.environ.get("WEB_CONCURRENCY", "2"),
+             "--threads", "4", "--access-logfile", "-"],
+            cwd=ROOT,
+        ),
+        subprocess.Popen([sys.executable, "manage.py", "qcluster"], cwd=ROOT),
+    ]
+    print(f"Serving the API on http://127.0.0.1:{port}/v1 and the admin on http://127.0.0.1:{port}/admin/ (Ctrl-C stops).")
+
+    def stop(*_):
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        for child in children:
+            try:
+                child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        sys.exit(0)
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    while all(child.poll() is None for child in children):
+        time.sleep(0.5)
+    print("A server process exited; stopping.", file=sys.stderr)
+    stop()
+
+
+if __name__ == "__main__":
+    main()
