@@ -1,3 +1,5 @@
+import importlib.util
+
 from django.apps import AppConfig
 
 
@@ -9,3 +11,12 @@ class BatchesConfig(AppConfig):
 
     def ready(self):
         from . import checks, receivers  # noqa: F401  (system checks, django-q2 hooks)
+
+        if importlib.util.find_spec("drf_spectacular"):
+            from . import schema  # noqa: F401  (OpenAPI shapes of /v1/batches; drf-spectacular is optional)
+        from .signals import batch_finished
+        from .webhooks import queue_batch_event
+
+        batch_finished.connect(queue_batch_event, dispatch_uid="batches.webhooks.queue_batch_event")
+        if self.apps.is_installed("django.contrib.admin"):
+            from . import webhook_admin  # noqa: F401  (registers the webhook models)

@@ -1,17 +1,83 @@
+"""System checks for the task queue and the upstream (``manage.py check``)."""
+
+import math
+import os
+
 from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
 
-from files_app.conf import app_settings
+from files_app.conf import SETTING_NAME, app_settings
+
+# django-q2 brokers that re-deliver a task `retry` seconds after it was pulled
+# unless it was acknowledged (Redis is at-most-once and never re-delivers).
+REDELIVERING_BROKERS = ("orm", "sqs", "mongo", "ironmq", "disque_nodes")
 
 
 @register(Tags.compatibility)
 def check_queue_settings(app_configs, **kwargs):
+    # (Without files_app in INSTALLED_APPS, Django fails before checks run: batches' models need its File.)
+    if not isinstance(getattr(settings, SETTING_NAME, None) or {}, dict):
+        return []  # files_app's check reports openai_batches.E001
+    messages = check_q_cluster(getattr(settings, "Q_CLUSTER", None) or {})
+    if not upstream_configured():
+        messages.append(
+            Warning(
+                "No upstream configured: batches will fail validation.",
+                hint="Set OPENAI_BATCHES['UPSTREAM_BASE_URL'] (e.g. BATCHES_UPSTREAM_BASE_URL in the environment).",
+                id="openai_batches.W001",
+            )
+        )
+    return messages
+
+
+def upstream_configured():
+    """A default upstream, or a MODELS routing table that names a base_url for every model."""
+    if app_settings.UPSTREAM_BASE_URL:
+        return True
+    table = app_settings.MODELS
+    return isinstance(table, dict) and bool(table) and all(isinstance(entry, dict) and entry.get("base_url") for entry in table.values())
+
+
+def minimum_retry(timeout, workers, queue_limit):
+    """How long a pulled task can go unacknowledged without having died.
+
+    A cluster pulls up to ``queue_limit`` tasks into memory; the last of them
+    waits for ``ceil((queue_limit + 1) / workers)`` rounds of tasks that may
+    each run ``timeout`` seconds, then runs for up to ``timeout`` itself.
+    """
+    return timeout * (1 + math.ceil((queue_limit + 1) / workers))
+
+
+def check_q_cluster(q):
+    if q.get("sync"):
+        return []  # tasks run inline: nothing is queued, nothing re-delivered
+    timeout = q.get("timeout")
+    if not timeout:
+        return [
+            Warning(
+                "Q_CLUSTER has no 'timeout'" + ("" if q else " (Q_CLUSTER is not set)") + ": a hung task is never stopped, "
+                "and a re-delivering broker runs long batch tasks again while they still run.",
+                hint=f"Set Q_CLUSTER['timeout'] (e.g. 600, above OPENAI_BATCHES['RUN_SLICE_SECONDS'] + 60) and a 'retry' "
+                "that covers it (see docs/settings.md).",
+                id="openai_batches.W004",
+            )
+        ]
     messages = []
-    if "files_app" not in settings.INSTALLED_APPS:
-        messages.append(Error("'files_app' must be in INSTALLED_APPS next to 'batches'.", id="openai_batches.E010"))
-    q = getattr(settings, "Q_CLUSTER", {}) or {}
-    timeout, retry = q.get("timeout"), q.get("retry", 60)
-    if timeout is not None and retry is not None and retry <= timeout:
+    if timeout < app_settings.RUN_SLICE_SECONDS + 60:
+        messages.append(
+            Error(
+                f"Q_CLUSTER['timeout'] ({timeout}) must exceed OPENAI_BATCHES['RUN_SLICE_SECONDS'] + 60 "
+                f"({app_settings.RUN_SLICE_SECONDS + 60:g}).",
+                hint="A run task hands its batch back to the queue after RUN_SLICE_SECONDS; a shorter timeout kills it mid-slice.",
+                id="openai_batches.E012",
+            )
+        )
+    if not any(broker in q for broker in REDELIVERING_BROKERS):
+        return messages
+    retry = q.get("retry", 60)
+    workers = q.get("workers") or os.cpu_count() or 4
+    queue_limit = q.get("queue_limit", workers**2)
+    if retry <= timeout:
         messages.append(
             Error(
                 f"Q_CLUSTER['retry'] ({retry}) must be larger than Q_CLUSTER['timeout'] ({timeout}).",
@@ -19,19 +85,13 @@ def check_queue_settings(app_configs, **kwargs):
                 id="openai_batches.E011",
             )
         )
-    if timeout is not None and timeout < app_settings.RUN_SLICE_SECONDS + 60:
-        messages.append(
-            Error(
-                f"Q_CLUSTER['timeout'] ({timeout}) must exceed OPENAI_BATCHES['RUN_SLICE_SECONDS'] + 60.",
-                id="openai_batches.E012",
-            )
-        )
-    if not app_settings.UPSTREAM_BASE_URL and not app_settings.MODELS:
+    elif retry <= (minimum := minimum_retry(timeout, workers, queue_limit)):
         messages.append(
             Warning(
-                "No upstream configured: batches will fail validation.",
-                hint="Set OPENAI_BATCHES['UPSTREAM_BASE_URL'] (e.g. BATCHES_UPSTREAM_BASE_URL in the environment).",
-                id="openai_batches.W001",
+                f"Q_CLUSTER['retry'] ({retry}) is too small for 'timeout' {timeout} with {workers} workers and a queue_limit of "
+                f"{queue_limit}: a task waiting in a worker's queue can be re-delivered before it even starts.",
+                hint=f"Set 'retry' above timeout * (1 + ceil((queue_limit + 1) / workers)) = {minimum}, or lower 'queue_limit'.",
+                id="openai_batches.W003",
             )
         )
     return messages

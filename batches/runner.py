@@ -1,31 +1,40 @@
 """Running a batch's requests against the upstream.
 
 A ``BatchRunner`` is one ``run_batch`` task. Its thread owns the database: it
-claims pending rows under a lease, hands them to an asyncio event loop (in a
-helper thread) that keeps up to MAX_CONCURRENT_REQUESTS_PER_BATCH upstream
-calls in flight as a sliding window, and writes outcomes back in bulk, guarded
-by the lease. Between rounds it renews its leases and re-reads the batch
-status, so cancel and expiry take effect within about a second.
+claims pending rows under a lease, takes rate-limit permits for them
+(``batches/ratelimit.py``), hands them to an asyncio event loop (in a helper
+thread) that keeps up to MAX_CONCURRENT_REQUESTS_PER_BATCH upstream calls in
+flight as a sliding window, and writes outcomes back in bulk, guarded by the
+lease. Between rounds it renews its leases and re-reads the batch status, so
+cancel, expiry and shutdown take effect within about a second.
 
 Several runners (on any hosts) can share one batch: the per-batch limit counts
-every live lease of the batch, whoever holds it.
+every live lease of the batch, whoever holds it. Duplicate run tasks (the
+sweeper, broker re-delivery, worker restarts) are harmless: a runner that sees
+enough other live runners on its batch steps aside. docs/reliability.md has the
+whole failure model.
 """
 
 import asyncio
+import collections
 import logging
+import os
 import queue
 import random
+import signal
+import sys
 import threading
 import time
 from datetime import timedelta
 
-from django.db import transaction
+from django.conf import settings
+from django.db import InterfaceError, OperationalError, close_old_connections, transaction
 from django.db.models import F
 from django.utils import timezone
 
 from files_app.conf import app_settings
 
-from . import lifecycle, upstream
+from . import lifecycle, ratelimit, upstream
 from .models import Batch, BatchRequest, BatchStatus, RequestStatus
 from .output import finalize_batch
 from .queue import enqueue
@@ -37,6 +46,13 @@ FLUSH_EVERY_RESULTS = 64
 STATUS_CHECK_SECONDS = 1.0
 # How long in-flight requests may finish after a cancel or expiry before being abandoned.
 STOP_GRACE_SECONDS = 5.0
+# A lease renewed less than a heartbeat (plus this) ago belongs to a live runner.
+HEARTBEAT_SLACK_SECONDS = 1.0
+# After a database error, retry this often; give up once our leases must have lapsed.
+DATABASE_RETRY_SECONDS = 0.5
+# Why a runner stops while its batch goes on; any other reason (the batch was
+# cancelled, expired, finalized or deleted) ends the batch's processing: finalize.
+CONTINUING_STOPS = ("all_done", "slice_over", "shutdown", "lost_slot", "others_running", "redundant")
 
 
 def backoff_delay(attempt, retry_after=None):
@@ -57,22 +73,28 @@ class CircuitBreaker:
         self.consecutive_failures = 0
         self.open_until = 0.0
         self.trips = 0
-        self.probing = False
+        self.probe_in_flight = False
 
     @property
     def is_open(self):
         return time.monotonic() < self.open_until
 
-    def allowed_claims(self, wanted):
+    @property
+    def half_open(self):
+        """Cooled down after a trip: one probe request decides whether to close."""
+        return bool(self.trips) and self.consecutive_failures >= app_settings.CIRCUIT_BREAKER_THRESHOLD and not self.is_open
+
+    def allowance(self, wanted):
+        """How many of ``wanted`` requests may be sent now."""
         if self.is_open:
             return 0
-        if self.trips and self.consecutive_failures >= app_settings.CIRCUIT_BREAKER_THRESHOLD:
-            # Half-open: one probe request decides whether to close.
-            if self.probing:
-                return 0
-            self.probing = True
-            return min(1, wanted)
+        if self.half_open:
+            return 0 if self.probe_in_flight else min(1, wanted)
         return wanted
+
+    def sent(self, count):
+        if count and self.half_open:
+            self.probe_in_flight = True
 
     def record(self, outcome):
         """Return True when this failure should not count as an attempt."""
@@ -80,10 +102,10 @@ class CircuitBreaker:
         if not transient:
             if self.trips:
                 logger.info("runner.breaker_closed after_trips=%d", self.trips)
-            self.consecutive_failures, self.trips, self.probing = 0, 0, False
+            self.consecutive_failures, self.trips, self.probe_in_flight = 0, 0, False
             return False
         self.consecutive_failures += 1
-        self.probing = False
+        self.probe_in_flight = False
         if self.consecutive_failures >= app_settings.CIRCUIT_BREAKER_THRESHOLD:
             if not self.is_open:
                 cooldown = min(app_settings.RETRY_BACKOFF_MAX, app_settings.RETRY_BACKOFF_BASE * 2**self.trips)
@@ -92,6 +114,76 @@ class CircuitBreaker:
                 logger.warning("runner.breaker_open cooldown_s=%.1f trips=%d", cooldown, self.trips)
             return True
         return False
+
+
+class WorkerShutdown:
+    """Tells the runners of a django-q2 worker process that the process is going away.
+
+    django-q2 stops workers in one of two ways, neither of which a task notices:
+
+    * SIGTERM (or Ctrl-C) to the cluster's main process only (``docker stop``,
+      Kubernetes, supervisor, ``make run``): workers get no signal. The sentinel
+      queues STOP pills behind the tasks it already fetched and waits for the
+      running ones however long they take, until the orchestrator's SIGKILL.
+      A worker is forked from the sentinel, which is still on the forked
+      stack; its ``stop_event`` is the cluster's "stopping" flag.
+    * SIGTERM to every process (systemd's default KillMode): the sentinel leaves
+      workers at SIG_DFL, so they would die on the spot with calls in flight.
+
+    ``install()`` (from the post_spawn hook, in the worker) covers both; a runner
+    that sees ``requested()`` stops claiming, lets in-flight calls finish for
+    SHUTDOWN_GRACE_SECONDS, writes their results, hands the rest back and
+    re-enqueues its batch, so a restart repeats no upstream call.
+    """
+
+    def __init__(self):
+        self.signalled = threading.Event()
+        self.cluster_stopping = None
+        self.active_runners = 0
+
+    def install(self):
+        """Hook into this worker process; False when not in a cluster worker (a task run inline, sync mode)."""
+        self.cluster_stopping = _cluster_stop_event()
+        if self.cluster_stopping is None:
+            return False
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+        return True
+
+    def requested(self):
+        return self.signalled.is_set() or bool(self.cluster_stopping is not None and self.cluster_stopping.is_set())
+
+    def _on_sigterm(self, signum, frame):
+        self.signalled.set()
+        if not self.active_runners:
+            self.exit()  # nothing of ours in flight: stop the way django-q2 would have
+
+    def exit_if_signalled(self):
+        """After a run, a worker that got SIGTERM itself ends: its sentinel may be gone."""
+        if self.signalled.is_set():
+            self.exit()
+
+    @staticmethod
+    def exit():
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _cluster_stop_event():
+    """The stop event of the django-q2 cluster whose sentinel forked this process, if any."""
+    try:
+        from django_q.cluster import Sentinel
+    except ImportError:  # pragma: no cover - django-q2 is a dependency
+        return None
+    frame = sys._getframe(1)
+    while frame is not None:
+        candidate = frame.f_locals.get("self")
+        if isinstance(candidate, Sentinel):
+            return candidate.stop_event
+        frame = frame.f_back
+    return None
+
+
+shutdown = WorkerShutdown()
 
 
 class EventLoopThread:
@@ -117,9 +209,13 @@ class BatchRunner:
         self.owner = lifecycle.worker_id()
         self.window = app_settings.MAX_CONCURRENT_REQUESTS_PER_BATCH
         self.lease = timedelta(seconds=app_settings.LEASE_SECONDS)
+        self.heartbeat_every = max(0.5, app_settings.LEASE_SECONDS / 4)
         self.max_attempts = app_settings.MAX_ATTEMPTS
+        self.limiter = None
+        self.ready = collections.deque()  # claimed rows waiting for rate-limit permits: (pk, attempts, body, tokens)
+        self.permits_at = 0.0  # monotonic time the limiter said the next permit is due
         self.in_flight = {}  # row pk -> (attempts, concurrent future)
-        self.done = queue.SimpleQueue()  # (pk, attempts, Outcome) from the loop thread
+        self.done = queue.SimpleQueue()  # (pk, attempts, future) from the loop thread
         self.results = []
         self.breaker = CircuitBreaker()
         self.stats = {"sent": 0, "succeeded": 0, "failed": 0, "retried": 0}
@@ -130,106 +226,173 @@ class BatchRunner:
         batch = Batch.objects.filter(pk=self.batch_id).only("status", "endpoint", "model", "expires_at").first()
         if batch is None or batch.status != BatchStatus.IN_PROGRESS:
             return "not_running"
+        if shutdown.requested():
+            # Fetched by a stopping cluster: leave the batch to the next one.
+            enqueue("run_batch", self.batch_id)
+            return "shutdown"
         if lifecycle.expire_if_due(self.batch_id):
             return "expired"
         if not lifecycle.acquire_slot(self.batch_id):
             logger.info("runner.waiting_for_slot batch_id=%s", self.batch_id)
             return "no_slot"
         self.endpoint = batch.endpoint
+        route = upstream.route_for(batch.model)
+        self.limiter = ratelimit.limiter_for(batch.model, route)
         self.loop = EventLoopThread()
-        self.client = upstream.async_client(upstream.route_for(batch.model), max_connections=self.window)
-        logger.info("runner.started batch_id=%s owner=%s window=%d", self.batch_id, self.owner, self.window)
+        self.client = upstream.async_client(route, max_connections=self.window)
+        logger.info("runner.started batch_id=%s owner=%s window=%d limiter=%s", self.batch_id, self.owner, self.window, self.limiter)
+        shutdown.active_runners += 1
         try:
-            outcome = self._loop()
+            try:
+                outcome = self._loop()
+            finally:
+                self._wind_down()
+            logger.info("runner.stopped batch_id=%s owner=%s outcome=%s %s", self.batch_id, self.owner, outcome,
+                        " ".join(f"{k}={v}" for k, v in self.stats.items()))
+            outcome = self._after(outcome)
         finally:
-            self._abandon_in_flight()
-            self._flush()
-            self.loop.submit(self.client.close()).result(timeout=10)
-            self.loop.stop()
-        logger.info("runner.stopped batch_id=%s owner=%s outcome=%s %s", self.batch_id, self.owner, outcome,
-                    " ".join(f"{k}={v}" for k, v in self.stats.items()))
-        self._after(outcome)
+            shutdown.active_runners -= 1
+        shutdown.exit_if_signalled()
         return outcome
 
+    def _wind_down(self):
+        """Keep what finished, hand back what did not, close the client."""
+        try:
+            self._collect(timeout=0)
+            self._abandon_unsent_and_in_flight()
+            self._flush()
+        except (OperationalError, InterfaceError):
+            # The database is gone: our leases lapse and another runner redoes these rows.
+            logger.exception("runner.wind_down_failed batch_id=%s", self.batch_id)
+        finally:
+            self.loop.submit(self.client.close()).result(timeout=10)
+            self.loop.stop()
+
     def _after(self, outcome):
-        if outcome == "slice_over":
-            lifecycle.release_slot(self.batch_id)
-            enqueue("run_batch", self.batch_id)
-        elif outcome == "all_done":
+        """What the batch needs once this runner stopped; returns the task's outcome."""
+        if outcome == "all_done":
             if lifecycle.transition(self.batch_id, [BatchStatus.IN_PROGRESS], BatchStatus.FINALIZING):
                 lifecycle.release_slot(self.batch_id)
                 finalize_batch(self.batch_id)
-        elif outcome == "stopped":
-            lifecycle.release_slot(self.batch_id)
-            finalize_batch(self.batch_id)
+        elif outcome in ("slice_over", "shutdown"):
+            # Another run task carries on (on this or another host, or after the restart).
+            if not self._others_hold_leases():
+                lifecycle.release_slot(self.batch_id)
+            enqueue("run_batch", self.batch_id)
         elif outcome == "lost_slot":
             enqueue("run_batch", self.batch_id)
-        # "others_running": the last runner to finish finalizes.
+        elif outcome not in CONTINUING_STOPS:
+            lifecycle.release_slot(self.batch_id)
+            finalize_batch(self.batch_id)
+            return "stopped"
+        # "others_running": those runners finalize; "redundant": they carry on.
+        return outcome
 
     # --- the work loop -------------------------------------------------------------
 
     def _loop(self):
-        deadline = time.monotonic() + app_settings.RUN_SLICE_SECONDS
-        heartbeat_every = max(0.5, app_settings.LEASE_SECONDS / 4)
-        next_heartbeat = time.monotonic() + heartbeat_every
-        next_status_check = time.monotonic() + STATUS_CHECK_SECONDS
-        last_flush = time.monotonic()
-        stop_reason = None
-        stop_deadline = None
+        now = time.monotonic()
+        self.slice_ends = now + app_settings.RUN_SLICE_SECONDS
+        self.next_heartbeat = now + self.heartbeat_every
+        self.next_status_check = now + STATUS_CHECK_SECONDS
+        self.last_flush = now
+        self.stop_reason, self.stop_deadline = None, None
+        self.heartbeats = collections.deque([timezone.now()], maxlen=2)
+        trouble_since = None
         while True:
-            self._collect(timeout=0.02 if self.in_flight else 0)
-            now = time.monotonic()
-            if self.results and (len(self.results) >= FLUSH_EVERY_RESULTS or now - last_flush >= FLUSH_EVERY_SECONDS or not self.in_flight):
-                self._flush()
-                last_flush = now
-            if now >= next_status_check:
-                next_status_check = now + STATUS_CHECK_SECONDS
-                if stop_reason is None:
-                    stop_reason = self._should_stop()
-                    if stop_reason:
-                        stop_deadline = now + STOP_GRACE_SECONDS
-                        logger.info("runner.stopping batch_id=%s reason=%s in_flight=%d", self.batch_id, stop_reason, len(self.in_flight))
-            if now >= next_heartbeat:
-                next_heartbeat = now + heartbeat_every
-                if not self._heartbeat() and stop_reason is None:
-                    stop_reason, stop_deadline = "lost_slot", now + STOP_GRACE_SECONDS
-            if stop_reason is None and now >= deadline:
-                stop_reason, stop_deadline = "slice_over", now + app_settings.UPSTREAM_TIMEOUT
-            if stop_reason:
-                if not self.in_flight or now >= stop_deadline:
-                    return {"slice_over": "slice_over", "lost_slot": "lost_slot"}.get(stop_reason, "stopped")
+            try:
+                outcome = self._step()
+                trouble_since = None
+            except (OperationalError, InterfaceError) as exc:
+                # SQLite "database is locked" past busy_timeout, a PostgreSQL restart...:
+                # results and leases are kept, so retry until our leases must have lapsed.
+                trouble_since = trouble_since or time.monotonic()
+                if time.monotonic() - trouble_since > self.lease.total_seconds():
+                    raise
+                logger.warning("runner.database_error batch_id=%s error=%s", self.batch_id, str(exc)[:200])
+                close_old_connections()
+                time.sleep(DATABASE_RETRY_SECONDS)
                 continue
-            free = self.window - len(self.in_flight)
-            # Claim in small groups so one slow request never holds the window back.
-            if free >= min(8, self.window) or (free and not self.in_flight):
-                wanted = self.breaker.allowed_claims(free)
-                if wanted and self._claim_and_send(wanted):
-                    continue
-            if self.in_flight:
-                continue
-            if self.breaker.is_open:
-                time.sleep(min(0.2, max(0.0, self.breaker.open_until - time.monotonic())))
-                continue
+            if outcome:
+                return outcome
+
+    def _step(self):
+        """One round: collect, write, check, renew, send, claim. A stop reason once done."""
+        self._collect(timeout=0.02 if self.in_flight or self.ready else 0)
+        now = time.monotonic()
+        if self.results and (len(self.results) >= FLUSH_EVERY_RESULTS or now - self.last_flush >= FLUSH_EVERY_SECONDS or not self.in_flight):
             self._flush()
-            decision = self._nothing_claimable()
-            if decision:
-                return decision
+            self.last_flush = now
+        if shutdown.requested():
+            self._stop_for("shutdown", now)
+        if now >= self.next_status_check:
+            self.next_status_check = now + STATUS_CHECK_SECONDS
+            if self.stop_reason is None:
+                self._stop_for(self._should_stop(), now)
+        if now >= self.next_heartbeat:
+            self.next_heartbeat = now + self.heartbeat_every
+            self._stop_for(self._heartbeat(), now)
+        if now >= self.slice_ends:
+            self._stop_for("slice_over", now)
+        if self.stop_reason:
+            # No new upstream call once stopping; in-flight ones may finish until the deadline.
+            self._abandon_unsent()
+            if not self.in_flight or now >= self.stop_deadline:
+                return self.stop_reason
+            return None
+        self._send_ready()
+        if self._claim_more():
+            return None
+        if self.in_flight or self.ready:
+            return None
+        if self.breaker.is_open:
+            time.sleep(min(0.2, max(0.0, self.breaker.open_until - time.monotonic())))
+            return None
+        self._flush()
+        return self._nothing_claimable()
+
+    def _stop_for(self, reason, now):
+        if not reason:
+            return
+        if self.stop_reason:
+            if reason == "shutdown":  # already draining (end of slice): a deploy cannot wait that long
+                self.stop_deadline = min(self.stop_deadline, now + app_settings.SHUTDOWN_GRACE_SECONDS)
+            return
+        grace = {
+            "shutdown": app_settings.SHUTDOWN_GRACE_SECONDS,
+            "slice_over": self._drain_seconds(),
+            "redundant": self._drain_seconds(),
+        }.get(reason, STOP_GRACE_SECONDS)
+        self.stop_reason, self.stop_deadline = reason, now + grace
+        logger.info("runner.stopping batch_id=%s owner=%s reason=%s in_flight=%d", self.batch_id, self.owner, reason, len(self.in_flight))
+
+    def _drain_seconds(self):
+        """How long in-flight calls may finish at the end of a slice: up to the
+        upstream timeout, within what django-q2 allows the task (E012 keeps a minute)."""
+        task_timeout = (getattr(settings, "Q_CLUSTER", None) or {}).get("timeout")
+        budget = task_timeout - app_settings.RUN_SLICE_SECONDS - 10 if task_timeout else app_settings.UPSTREAM_TIMEOUT
+        return max(STOP_GRACE_SECONDS, min(app_settings.UPSTREAM_TIMEOUT, budget))
 
     def _nothing_claimable(self):
         """No row could be claimed and nothing is in flight: wait, hand over or finish."""
         rows = BatchRequest.objects.filter(batch_id=self.batch_id)
+        # One query, so a retry written meanwhile by another runner cannot slip between checks.
+        if not rows.unfinished().exists():
+            return "all_done"
         now = timezone.now()
-        waiting = rows.filter(status=RequestStatus.PENDING).order_by("not_before").values_list("not_before", flat=True).first()
-        if waiting is not None or rows.filter(status=RequestStatus.PENDING).exists():
+        if rows.filter(status=RequestStatus.PENDING).exists():
             # Retries in backoff, or the per-batch limit is held by other runners.
-            pause = (waiting - now).total_seconds() if waiting else 0.2
-            time.sleep(min(max(pause, 0.05), 1.0))
+            due = rows.filter(status=RequestStatus.PENDING, not_before__gt=now).order_by("not_before").values_list("not_before", flat=True).first()
+            time.sleep(min(max((due - now).total_seconds() if due else 0.2, 0.05), 1.0))
             return None
-        if rows.live_leases(now).exists():
+        # Only rows other runners hold are left. Live runners renew their leases every
+        # heartbeat and finalize when done; a dead one's rows are ours once they lapse.
+        fresh = now + self.lease - timedelta(seconds=self.heartbeat_every + HEARTBEAT_SLACK_SECONDS)
+        if rows.live_leases(now).filter(lease_expires_at__gt=fresh).exists():
             return "others_running"
-        if rows.filter(status=RequestStatus.RUNNING).exists():
-            return None  # a dead runner's rows: claimable on the next round
-        return "all_done"
+        lapse = rows.filter(status=RequestStatus.RUNNING).order_by("lease_expires_at").values_list("lease_expires_at", flat=True).first()
+        time.sleep(min(max((lapse - now).total_seconds() if lapse else 0.05, 0.05), 1.0))
+        return None
 
     def _should_stop(self):
         status = Batch.objects.filter(pk=self.batch_id).values_list("status", flat=True).first()
@@ -240,10 +403,33 @@ class BatchRunner:
         return None
 
     def _heartbeat(self):
+        now = timezone.now()
         BatchRequest.objects.filter(batch_id=self.batch_id, lease_owner=self.owner, status=RequestStatus.RUNNING).update(
-            lease_expires_at=timezone.now() + self.lease
+            lease_expires_at=now + self.lease
         )
-        return lifecycle.acquire_slot(self.batch_id)
+        if not lifecycle.acquire_slot(self.batch_id):
+            return self._should_stop() or "lost_slot"
+        since = self.heartbeats[0]
+        self.heartbeats.append(now)
+        if self._outnumbered(since):
+            return "redundant"
+        return None
+
+    def _outnumbered(self, since):
+        """True when RUN_TASKS_PER_BATCH other runners, each with an owner id ordered
+        before ours, renewed or claimed leases on this batch since ``since``.
+
+        The order makes exactly the surplus step aside when duplicates meet."""
+        alive = (
+            BatchRequest.objects.filter(batch_id=self.batch_id, status=RequestStatus.RUNNING, lease_expires_at__gt=since + self.lease)
+            .exclude(lease_owner=self.owner)
+            .values_list("lease_owner", flat=True)
+            .distinct()
+        )
+        return sum(1 for owner in alive if owner < self.owner) >= app_settings.RUN_TASKS_PER_BATCH
+
+    def _others_hold_leases(self):
+        return BatchRequest.objects.filter(batch_id=self.batch_id).live_leases().exclude(lease_owner=self.owner).exists()
 
     # --- claiming and sending --------------------------------------------------------
 
@@ -256,7 +442,8 @@ class BatchRunner:
             status = Batch.objects.select_for_update().filter(pk=self.batch_id).values_list("status", flat=True).first()
             if status != BatchStatus.IN_PROGRESS:
                 return []
-            allowed = min(wanted, self.window - rows.live_leases(now).count())
+            # Our finished but not yet flushed results still hold leases: they are not in flight.
+            allowed = min(wanted, self.window - rows.live_leases(now).count() + len(self.results))
             if allowed <= 0:
                 return []
             # Rows of a dead runner first (their lease ran out), then pending rows in file order.
@@ -280,14 +467,45 @@ class BatchRunner:
             )
             return list(rows.filter(pk__in=ids, lease_owner=self.owner, status=RequestStatus.RUNNING).values_list("pk", "attempts", "body"))
 
-    def _claim_and_send(self, wanted):
-        claimed = self._claim(wanted)
+    def _claim_more(self):
+        """Claim rows into the ready queue when the window has room; True if any were claimed."""
+        if self.ready or self.breaker.is_open:
+            return False
+        free = self.window - len(self.in_flight)
+        # Claim in small groups (an eighth of the window, at most 8) so one slow
+        # request never holds the window back, even when the window is small.
+        if free < max(1, min(8, self.window // 8)):
+            return False
+        wanted = self.breaker.allowance(free)
+        if self.limiter and self.limiter.burst_requests:
+            wanted = min(wanted, self.limiter.burst_requests)
+        claimed = self._claim(wanted) if wanted else []
+        counts_tokens = self.limiter is not None and self.limiter.counts_tokens
         for pk, attempts, body in claimed:
+            self.ready.append((pk, attempts, body, ratelimit.estimate_tokens(body) if counts_tokens else 0))
+        self._send_ready()
+        return bool(claimed)
+
+    def _send_ready(self):
+        """Send ready rows as the breaker and the rate limits allow."""
+        if not self.ready or time.monotonic() < self.permits_at:
+            return
+        allowed = self.breaker.allowance(len(self.ready))
+        if not allowed:
+            return
+        if self.limiter:
+            granted, wait = self.limiter.acquire([self.ready[i][3] for i in range(allowed)])
+            if granted < allowed:
+                self.permits_at = time.monotonic() + wait
+        else:
+            granted = allowed
+        self.breaker.sent(granted)
+        for _ in range(granted):
+            pk, attempts, body, _tokens = self.ready.popleft()
             future = self.loop.submit(upstream.send(self.client, self.endpoint, body))
             future.add_done_callback(lambda f, pk=pk, attempts=attempts: self.done.put((pk, attempts, f)))
             self.in_flight[pk] = (attempts, future)
             self.stats["sent"] += 1
-        return bool(claimed)
 
     def _collect(self, timeout):
         """Move finished upstream calls from the loop thread into the write buffer."""
@@ -310,28 +528,41 @@ class BatchRunner:
             except queue.Empty:
                 return
 
-    def _abandon_in_flight(self):
+    def _abandon_unsent(self):
+        """Hand claimed rows that never went out back to pending, attempt refunded."""
+        if self.ready:
+            ids = [pk for pk, *_ in self.ready]
+            self.ready.clear()
+            self._release(ids, "unsent")
+
+    def _abandon_unsent_and_in_flight(self):
         """Give unfinished calls back: their rows return to pending for whoever runs next."""
-        if not self.in_flight:
-            return
-        for _, future in self.in_flight.values():
-            future.cancel()
-        ids = list(self.in_flight)
-        self.in_flight.clear()
+        self._abandon_unsent()
+        if self.in_flight:
+            for _, future in self.in_flight.values():
+                future.cancel()
+            ids = list(self.in_flight)
+            self.in_flight.clear()
+            self._release(ids, "in_flight")
+
+    def _release(self, ids, what):
         released = BatchRequest.objects.filter(pk__in=ids, lease_owner=self.owner, status=RequestStatus.RUNNING).update(
             status=RequestStatus.PENDING, lease_owner=None, lease_expires_at=None, attempts=F("attempts") - 1
         )
-        logger.info("runner.released batch_id=%s requests=%d", self.batch_id, released)
+        logger.info("runner.released batch_id=%s what=%s requests=%d", self.batch_id, what, released)
 
     # --- writing results -------------------------------------------------------------
 
     def _flush(self):
-        """Write buffered outcomes in bulk, only where our lease still holds."""
+        """Write buffered outcomes in bulk, only where our lease still holds.
+
+        On a database error the outcomes stay buffered for the next attempt."""
         if not self.results:
             return
+        buffered, self.results = self.results, []
         now = timezone.now()
         succeeded, failed, retry = [], [], []
-        for pk, attempts, outcome, refund in self.results:
+        for pk, attempts, outcome, refund in buffered:
             row = BatchRequest(pk=pk, lease_owner=None, lease_expires_at=None, finished_at=now)
             row.status_code, row.upstream_request_id = outcome.status_code, outcome.request_id
             row.response_body, row.error = outcome.body, outcome.error
@@ -348,18 +579,21 @@ class BatchRunner:
                 if outcome.status_code is None:  # never got an answer: only the error is known
                     row.response_body = None
                 failed.append(row)
-        self.results = []
         guarded = BatchRequest.objects.filter(batch_id=self.batch_id, lease_owner=self.owner, status=RequestStatus.RUNNING)
         result_fields = ["status", "status_code", "upstream_request_id", "response_body", "error", "lease_owner", "lease_expires_at", "finished_at"]
-        with transaction.atomic():
-            done_ok = guarded.bulk_update(succeeded, result_fields) if succeeded else 0
-            done_failed = guarded.bulk_update(failed, result_fields) if failed else 0
-            if retry:
-                guarded.bulk_update(retry, result_fields + ["attempts", "not_before"])
-            if done_ok or done_failed:
-                Batch.objects.filter(pk=self.batch_id).update(
-                    completed_requests=F("completed_requests") + done_ok, failed_requests=F("failed_requests") + done_failed
-                )
+        try:
+            with transaction.atomic():
+                done_ok = guarded.bulk_update(succeeded, result_fields) if succeeded else 0
+                done_failed = guarded.bulk_update(failed, result_fields) if failed else 0
+                if retry:
+                    guarded.bulk_update(retry, result_fields + ["attempts", "not_before"])
+                if done_ok or done_failed:
+                    Batch.objects.filter(pk=self.batch_id).update(
+                        completed_requests=F("completed_requests") + done_ok, failed_requests=F("failed_requests") + done_failed
+                    )
+        except (OperationalError, InterfaceError):
+            self.results = buffered + self.results
+            raise
         self.stats["succeeded"] += done_ok
         self.stats["failed"] += done_failed
         self.stats["retried"] += len(retry)

@@ -11,7 +11,7 @@ from django.utils import timezone
 from files_app.conf import app_settings
 from files_app.models import File
 
-from . import lifecycle, upstream
+from . import lifecycle, upstream, webhooks
 from .models import Batch, BatchRequest, BatchStatus, RequestStatus
 from .output import finalize_batch as _finalize_batch
 from .queue import enqueue
@@ -161,9 +161,8 @@ def sweep():
         enqueue("validate_batch", batch_id)
         found["validate"] += 1
     slot_free = Q(slot_expires_at__isnull=True) | Q(slot_expires_at__lte=now)
-    for batch_id in Batch.objects.filter(slot_free, status=BatchStatus.IN_PROGRESS, in_progress_at__lte=stale).values_list("pk", flat=True)[
-        : app_settings.MAX_CONCURRENT_BATCHES
-    ]:
+    waiting_for_slot = Batch.objects.filter(slot_free, status=BatchStatus.IN_PROGRESS, in_progress_at__lte=stale).order_by("created_at")
+    for batch_id in waiting_for_slot.values_list("pk", flat=True)[: app_settings.MAX_CONCURRENT_BATCHES]:
         enqueue("run_batch", batch_id)
         found["run"] += 1
     for batch_id in Batch.objects.filter(lease_free, status__in=[BatchStatus.FINALIZING, BatchStatus.CANCELLING]).values_list("pk", flat=True):
@@ -173,6 +172,20 @@ def sweep():
     for expired_file in File.objects.filter(expires_at__lte=now).iterator():
         expired_file.delete()
         found["files"] += 1
+    found["webhooks"] = webhooks.sweep_deliveries(now)
     if any(found.values()):
         logger.info("sweep %s", " ".join(f"{k}={v}" for k, v in found.items()))
+    return found
+
+
+def sweep_after_worker_start():
+    """A worker (re)started, maybe right after its cluster was killed. The dead
+    runners' slots and leases look alive for up to LEASE_SECONDS, so ``sweep``
+    alone would leave their batches to a later round: give every running batch a
+    runner now. It takes the rows over as their leases lapse, and steps aside
+    where live runners already serve the batch (``BatchRunner._outnumbered``)."""
+    found = sweep()
+    for batch_id in Batch.objects.filter(status=BatchStatus.IN_PROGRESS, slot_expires_at__gt=timezone.now()).values_list("pk", flat=True):
+        enqueue("run_batch", batch_id)
+        found["run"] += 1
     return found

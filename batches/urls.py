@@ -6,9 +6,11 @@ from rest_framework.routers import SimpleRouter
 from files_app.api import api_not_found
 
 from .views import BatchViewSet
+from .webhook_views import WebhookEndpointViewSet
 
 router = SimpleRouter(trailing_slash=False)
 router.register("batches", BatchViewSet, basename="openai-batch")
+router.register("webhooks", WebhookEndpointViewSet, basename="openai-webhook-endpoint")
 
 urlpatterns = [
     path("batches/<str:pk>/cancel", BatchViewSet.as_view({"post": "cancel"}), name="openai-batch-cancel"),

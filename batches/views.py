@@ -60,7 +60,11 @@ def parse_output_expires_after(value):
         )
     seconds = value.get("seconds")
     low, high = OUTPUT_EXPIRES_AFTER_RANGE
-    if not isinstance(seconds, int) or isinstance(seconds, bool) or not low <= seconds <= high:
+    if not isinstance(seconds, int) or isinstance(seconds, bool):
+        raise OpenAIError(
+            "Invalid type for 'output_expires_after.seconds': expected an integer.", param="output_expires_after.seconds", code="invalid_type"
+        )
+    if not low <= seconds <= high:
         raise OpenAIError(
             f"Invalid 'output_expires_after.seconds': expected an integer between {low} and {high}.",
             param="output_expires_after.seconds",

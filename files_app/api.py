@@ -4,11 +4,15 @@ Everything here is set on ``OpenAIViewSet`` so the host site's REST_FRAMEWORK
 settings are left alone.
 """
 
+import json
 import logging
+import math
 
-from django.core.exceptions import PermissionDenied
+from django.conf import settings
+from django.core.exceptions import PermissionDenied, RequestDataTooBig, SuspiciousOperation
 from django.db.models import Q
 from django.http import Http404, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions, status, viewsets
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.parsers import JSONParser
@@ -61,6 +65,11 @@ def exception_handler(exc, context):
         exc = OpenAIError("Not found.", status_code=404)
     elif isinstance(exc, PermissionDenied):
         exc = exceptions.PermissionDenied()
+    elif isinstance(exc, RequestDataTooBig):
+        exc = request_too_large()
+    elif isinstance(exc, SuspiciousOperation):
+        # Django's own request guards (too many form fields or files, ...): the client's fault.
+        exc = OpenAIError(f"Invalid request: {exc}", code="invalid_request")
 
     if isinstance(exc, OpenAIError):
         body, status_code, headers = {"error": exc.error}, exc.status_code, exc.headers
@@ -98,6 +107,78 @@ def exception_handler(exc, context):
     if status_code >= 500:
         body["error"]["type"] = "server_error"
     return Response(body, status=status_code, headers=headers)
+
+
+def request_too_large():
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    return OpenAIError(
+        f"The request body is too large. The maximum is {limit} bytes.", status_code=413, param=None, code="request_too_large"
+    )
+
+
+def _finite_float(text):
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number out of range: {text[:40]}")
+    return value
+
+
+def _reject_constant(name):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def has_unstorable_text(value):
+    """True if a string (key or value) in a parsed JSON document holds a NUL character or
+    an unpaired surrogate ("\\ud800"): PostgreSQL cannot store either, and a surrogate
+    cannot even be encoded into a UTF-8 response."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item or (not item.isascii() and not _encodable(item)):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+def _encodable(text):
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+class OpenAIJSONParser(JSONParser):
+    """DRF's JSON parser with the limits an internet-facing API needs.
+
+    DRF reads the request stream itself, so Django's DATA_UPLOAD_MAX_MEMORY_SIZE
+    never applies: the body is read up to that size and refused past it. JSON
+    nested deeper than the interpreter can parse, non-finite numbers (NaN,
+    Infinity, 1e400), NUL characters and unpaired surrogates are 400s.
+    """
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        parser_context = parser_context or {}
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        raw = stream.read() if limit is None else stream.read(limit + 1)
+        if limit is not None and len(raw) > limit:
+            raise request_too_large()
+        encoding = parser_context.get("encoding") or settings.DEFAULT_CHARSET
+        try:
+            data = json.loads(raw.decode(encoding), parse_constant=_reject_constant, parse_float=_finite_float)
+        except (ValueError, LookupError, RecursionError) as exc:
+            raise exceptions.ParseError(f"JSON parse error - {type(exc).__name__}")
+        if has_unstorable_text(data):
+            raise OpenAIError(
+                "The request body contains a NUL character (\\u0000) or an unpaired surrogate (\\ud800-\\udfff), which are not supported.",
+                code="invalid_value",
+            )
+        return data
 
 
 class IgnoreAcceptNegotiation(BaseContentNegotiation):
@@ -141,13 +222,22 @@ class OpenAIViewSet(viewsets.GenericViewSet):
     authentication_classes = [ApiKeyAuthentication]
     permission_classes = [IsAuthenticated]
     throttle_classes = [ApiKeyRateThrottle]
-    parser_classes = [JSONParser]
+    parser_classes = [OpenAIJSONParser]
     renderer_classes = [JSONRenderer]
     content_negotiation_class = IgnoreAcceptNegotiation
     pagination_class = None
 
     def get_exception_handler(self):
         return exception_handler
+
+    def initial(self, request, *args, **kwargs):
+        super().initial(request, *args, **kwargs)
+        # Ids and filters go straight into queries; PostgreSQL rejects NUL characters
+        # with a database error, so they are a client error here, on every database.
+        for name, values in [*((k, [v]) for k, v in kwargs.items()), *request.query_params.lists()]:
+            if "\x00" in name or any("\x00" in str(value) for value in values):
+                param = name.replace("\x00", "")
+                raise OpenAIError(f"Invalid '{param}': contains a NUL character.", param=param, code="invalid_value")
 
     def permission_denied(self, request, message=None, code=None):
         # Unauthenticated requests are 401 (DRF would pick 403 in some cases).
@@ -200,6 +290,7 @@ def parse_limit(raw, max_limit):
     return limit
 
 
+@csrf_exempt  # API clients send no CSRF token: a POST must get the 404 body, not a 403 page
 def api_not_found(request, *args, **kwargs):
     """Catch-all for unknown /v1 routes: OpenAI's 404 body, not Django's HTML page."""
     body = error_body(f"Invalid URL ({request.method} {request.path})")

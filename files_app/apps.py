@@ -1,3 +1,5 @@
+import importlib.util
+
 from django.apps import AppConfig
 
 
@@ -9,3 +11,6 @@ class FilesAppConfig(AppConfig):
 
     def ready(self):
         from . import checks  # noqa: F401  (registers system checks)
+
+        if importlib.util.find_spec("drf_spectacular"):
+            from . import schema  # noqa: F401  (OpenAPI shapes of /v1/files; drf-spectacular is optional)

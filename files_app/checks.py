@@ -1,7 +1,16 @@
+"""System checks for the settings both apps read (``manage.py check``)."""
+
 from django.conf import settings
-from django.core.checks import Error, Tags, register
+from django.core.checks import Error, Tags, Warning, register
+from rest_framework.throttling import SimpleRateThrottle
 
 from .conf import DEFAULTS, SETTING_NAME
+
+# Cache backends that keep counters inside one process (or nowhere).
+PROCESS_LOCAL_CACHES = {
+    "django.core.cache.backends.locmem.LocMemCache": "counts requests in each process separately",
+    "django.core.cache.backends.dummy.DummyCache": "stores nothing, so no key is ever throttled",
+}
 
 
 @register(Tags.compatibility)
@@ -22,4 +31,33 @@ def check_settings(app_configs, **kwargs):
         value = user.get(key, DEFAULTS[key])
         if not isinstance(value, int) or value < 1:
             errors.append(Error(f"{SETTING_NAME}[{key!r}] must be a positive integer, got {value!r}.", id="openai_batches.E004"))
+    errors.extend(check_throttle(user.get("THROTTLE_RATE", DEFAULTS["THROTTLE_RATE"])))
     return errors
+
+
+def check_throttle(rate):
+    if rate is None:
+        return []
+    try:
+        num_requests, _ = SimpleRateThrottle.parse_rate(None, rate)
+    except (AttributeError, TypeError, ValueError, KeyError, IndexError):
+        num_requests = 0
+    if num_requests < 1:
+        return [
+            Error(
+                f"{SETTING_NAME}['THROTTLE_RATE'] must look like '600/min' (a positive number, '/', then s, min, hour or day), got {rate!r}.",
+                id="openai_batches.E005",
+            )
+        ]
+    # DRF's throttles count in the default cache.
+    backend = getattr(settings, "CACHES", {}).get("default", {}).get("BACKEND", "django.core.cache.backends.locmem.LocMemCache")
+    if backend in PROCESS_LOCAL_CACHES:
+        return [
+            Warning(
+                f"{SETTING_NAME}['THROTTLE_RATE'] is set but the default cache ({backend.rsplit('.', 1)[-1]}) "
+                f"{PROCESS_LOCAL_CACHES[backend]}: with several web worker processes each key gets more than its rate.",
+                hint="Use a shared cache (Redis, Memcached, database) as CACHES['default'], or silence this check on a single-process site.",
+                id="openai_batches.W002",
+            )
+        ]
+    return []

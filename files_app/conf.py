@@ -28,6 +28,10 @@ DEFAULTS = {
     "MAX_CONCURRENT_REQUESTS_PER_BATCH": 64,
     # run tasks enqueued per batch; more than one lets several workers share a batch.
     "RUN_TASKS_PER_BATCH": 1,
+    # Upstream rate limits shared by all workers on all hosts (batches/ratelimit.py):
+    # {"model-id": {"rpm": N, "tpm": N}, "*": {...}}. A model's own entry wins; "*"
+    # covers every other model, one budget per upstream base URL. Empty: unlimited.
+    "RATE_LIMITS": {},
     # --- Retries ---
     # Attempts per request (first try included) for transient upstream failures.
     "MAX_ATTEMPTS": 5,
@@ -43,10 +47,15 @@ DEFAULTS = {
     # A run task hands its batch back to the queue after this long, keeping every
     # django-q2 task well under Q_CLUSTER["timeout"].
     "RUN_SLICE_SECONDS": 300.0,
+    # On SIGTERM (a deploy), in-flight upstream calls get this long to finish before
+    # their requests are handed back; keep it under the orchestrator's stop timeout.
+    "SHUTDOWN_GRACE_SECONDS": 5.0,
     # --- Batch limits (OpenAI's) ---
     "COMPLETION_WINDOW_SECONDS": 24 * 3600,  # shorten in tests to exercise expiry
     "MAX_REQUESTS_PER_BATCH": 50_000,
     "MAX_INPUT_FILE_BYTES": 200 * 1024 * 1024,
+    # Inputs (strings or token arrays) across all requests of one /v1/embeddings batch.
+    "MAX_EMBEDDING_INPUTS_PER_BATCH": 50_000,
     "MAX_VALIDATION_ERRORS": 100,
     # --- Files ---
     "MAX_UPLOAD_BYTES": 512 * 1024 * 1024,
@@ -55,6 +64,16 @@ DEFAULTS = {
     # --- API ---
     # DRF throttle rate per API key, e.g. "600/min"; None disables throttling.
     "THROTTLE_RATE": None,
+    # --- Webhooks (batches/webhooks.py) ---
+    # Deliver to loopback, private, link-local and other non-public addresses. Off by
+    # default so an API user cannot make the workers call internal services (SSRF).
+    "WEBHOOKS_ALLOW_PRIVATE": False,
+    # Seconds one delivery attempt may take (connect, send, and each read).
+    "WEBHOOKS_TIMEOUT": 10.0,
+    # Seconds to wait before each retry of a failed delivery; its length is the
+    # number of retries. The default spreads 8 retries over about 22 hours. Due
+    # retries are picked up by tasks.sweep, so they run up to a minute late.
+    "WEBHOOKS_RETRY_SCHEDULE": (5, 30, 120, 600, 3600, 3 * 3600, 6 * 3600, 12 * 3600),
 }
 
 

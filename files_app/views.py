@@ -8,7 +8,7 @@ from django.http import FileResponse
 from django.utils import timezone
 from rest_framework.decorators import action
 from rest_framework.exceptions import ParseError
-from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
 
 from .api import OpenAIError, OpenAIViewSet, not_found
@@ -23,12 +23,24 @@ MIN_EXPIRES_AFTER = 3600
 MAX_EXPIRES_AFTER = 30 * 24 * 3600
 
 
+MAX_FILENAME_LENGTH = 255  # File.filename's column width
+
+
 def clean_filename(name: str) -> str:
-    """Keep the client's filename for display only: no directories, no control characters."""
+    """Keep the client's filename for display only: no directories, no control or
+    format characters (bidi overrides, zero-width), no line separators, no leading
+    dots; a long name keeps its extension."""
     name = unicodedata.normalize("NFC", name or "")
     name = re.split(r"[\\/]", name)[-1]
-    name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C").strip().lstrip(".")
-    return name[:255] or "upload"
+    name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C" and unicodedata.category(ch) not in ("Zl", "Zp"))
+    name = name.strip().lstrip(".").strip()
+    if len(name) > MAX_FILENAME_LENGTH:
+        stem, dot, extension = name.rpartition(".")
+        if dot and stem and len(extension) <= 16:
+            name = f"{stem[: MAX_FILENAME_LENGTH - len(extension) - 1]}.{extension}"
+        else:
+            name = name[:MAX_FILENAME_LENGTH]
+    return name or "upload"
 
 
 def parse_expires_after(data, *, param="expires_after"):
@@ -68,8 +80,11 @@ class FileViewSet(OpenAIViewSet):
         return obj
 
     def get_parsers(self):
-        if getattr(self, "action", None) == "create" or self.request.method == "POST":
-            return [MultiPartParser(), FormParser()]
+        # Uploads are multipart only: DRF's FormParser would read a urlencoded body
+        # of any size into memory, past the streaming cap.
+        request = getattr(self, "request", None)  # None while drf-spectacular inspects the view
+        if getattr(self, "action", None) == "create" or (request is not None and request.method == "POST"):
+            return [MultiPartParser()]
         return super().get_parsers()
 
     def initialize_request(self, request, *args, **kwargs):

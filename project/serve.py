@@ -1,6 +1,7 @@
 """`make run`: migrate, make sure an API key exists, then run the web server
 (gunicorn, static files by whitenoise) and a qcluster worker in the foreground.
-Ctrl-C (or SIGTERM) stops everything."""
+With no BATCHES_UPSTREAM_BASE_URL, a local model server (project.local_model)
+starts first and web + worker are pointed at it. Ctrl-C (or SIGTERM) stops everything."""
 
 import os
 import signal
@@ -9,7 +10,10 @@ import sys
 import time
 from pathlib import Path
 
+from project import local_model
+
 ROOT = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(os.environ.get("VAR_DIR", ROOT / "var"))
 
 
 def manage(*args, capture=False):
@@ -31,11 +35,42 @@ def ensure_api_key():
     print(f"\n  Your first API key (shown once):\n\n    {out}\n")
 
 
+def start_local_model():
+    """Install (once) and start the local model; it loads while migrations run."""
+    local_model.ensure_installed(VAR_DIR / "local-model-install.log")
+    print("Starting the local model (llama.cpp, Gemma 3 270M)...", flush=True)
+    return local_model.LocalModel(VAR_DIR / "local-model.log").start()
+
+
+def use_local_model(model):
+    model.wait_until_ready()
+    os.environ["BATCHES_UPSTREAM_BASE_URL"] = model.base_url
+    print(
+        f"Local model ready at {model.base_url} (log: {model.log_path}).\n"
+        f'  Batch lines use "model": "{local_model.MODEL_ALIAS}". '
+        "Set BATCHES_UPSTREAM_BASE_URL to use your own upstream instead."
+    )
+
+
 def main():
     port = os.environ.get("PORT", "8000")
-    manage("migrate", "--no-input", "-v0")
-    manage("collectstatic", "--no-input", "-v0")
-    ensure_api_key()
+    model = None
+    try:
+        if not os.environ.get("BATCHES_UPSTREAM_BASE_URL"):
+            model = start_local_model()
+        manage("migrate", "--no-input", "-v0")
+        manage("collectstatic", "--no-input", "-v0")
+        ensure_api_key()
+        if model:
+            use_local_model(model)
+    except BaseException as exc:  # never leave the model server behind
+        if model:
+            model.stop()
+        if isinstance(exc, local_model.LocalModelError):
+            sys.exit(str(exc))
+        if isinstance(exc, KeyboardInterrupt):
+            sys.exit(130)
+        raise
     children = [
         subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "project.wsgi", "-b", f"0.0.0.0:{port}", "-w", os.environ.get("WEB_CONCURRENCY", "2"),
@@ -44,6 +79,8 @@ def main():
         ),
         subprocess.Popen([sys.executable, "manage.py", "qcluster"], cwd=ROOT),
     ]
+    if model:
+        children.append(model.process)
     print(f"Serving the API on http://127.0.0.1:{port}/v1 and the admin on http://127.0.0.1:{port}/admin/ (Ctrl-C stops).")
 
     def stop(*_):

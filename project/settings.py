@@ -1,6 +1,8 @@
 """Settings of the runnable service. Everything comes from the environment
 (documented in README.md); the apps themselves only read OPENAI_BATCHES."""
 
+import json
+import math
 import os
 from pathlib import Path
 
@@ -23,8 +25,19 @@ def env_float(name, default):
     return float(os.environ.get(name, default))
 
 
+def env_rate_limits():
+    """BATCHES_RATE_LIMITS (JSON: {"model-id": {"rpm": N, "tpm": N}}), plus
+    BATCHES_RPM_LIMIT / BATCHES_TPM_LIMIT for every other model ("*")."""
+    limits = json.loads(os.environ.get("BATCHES_RATE_LIMITS") or "{}")
+    default = {key: env_int(f"BATCHES_{key.upper()}_LIMIT", 0) for key in ("rpm", "tpm")}
+    if any(default.values()):
+        limits.setdefault("*", {key: value for key, value in default.items() if value})
+    return limits
+
+
 DEBUG = env_bool("DJANGO_DEBUG")
-SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY") or "insecure-dev-key-set-DJANGO_SECRET_KEY-in-production"
+# The fallback starts with "django-insecure-" so `manage.py check --deploy` flags it.
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY") or "django-insecure-dev-key-set-DJANGO_SECRET_KEY-in-production"
 ALLOWED_HOSTS = [h for h in os.environ.get("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver").split(",") if h]
 
 INSTALLED_APPS = [
@@ -37,6 +50,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "django_q",
+    "drf_spectacular",
     "files_app",
     "batches",
 ]
@@ -120,10 +134,24 @@ OPENAI_BATCHES = {
     "RUN_TASKS_PER_BATCH": env_int("BATCHES_RUN_TASKS_PER_BATCH", 1),
     "MAX_ATTEMPTS": env_int("BATCHES_MAX_ATTEMPTS", 5),
     "RETRY_BACKOFF_BASE": env_float("BATCHES_RETRY_BACKOFF_BASE", 1.0),
+    "RETRY_BACKOFF_MAX": env_float("BATCHES_RETRY_BACKOFF_MAX", 60.0),
+    "RATE_LIMITS": env_rate_limits(),
+    "SHUTDOWN_GRACE_SECONDS": env_float("BATCHES_SHUTDOWN_GRACE_SECONDS", 5.0),
     "LEASE_SECONDS": env_float("BATCHES_LEASE_SECONDS", 60),
     "COMPLETION_WINDOW_SECONDS": env_int("BATCHES_COMPLETION_WINDOW_SECONDS", 24 * 3600),
     "UPSTREAM_TIMEOUT": env_float("BATCHES_UPSTREAM_TIMEOUT", 600),
     "THROTTLE_RATE": os.environ.get("BATCHES_THROTTLE_RATE") or None,
+    "WEBHOOKS_ALLOW_PRIVATE": env_bool("BATCHES_WEBHOOKS_ALLOW_PRIVATE"),
+}
+
+# --- OpenAPI schema of the /v1 routes (drf-spectacular; served by project/urls.py) ---
+REST_FRAMEWORK = {"DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema"}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "OpenAI-compatible Files and Batches API",
+    "DESCRIPTION": "The /v1 routes of the files_app and batches apps, in OpenAI's wire format.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SCHEMA_PATH_PREFIX": "/v1",
 }
 
 # --- django-q2 ---
@@ -137,7 +165,8 @@ Q_CLUSTER = {
     "workers": Q_WORKERS,
     "queue_limit": Q_WORKERS * 2,
     "timeout": 600,
-    "retry": 600 * 3 + 60,
+    # timeout * (1 + ceil((queue_limit + 1) / workers)) + a minute (batches/checks.py).
+    "retry": 600 * (1 + math.ceil((Q_WORKERS * 2 + 1) / Q_WORKERS)) + 60,
     "max_attempts": 3,
     "ack_failures": True,
     "catch_up": False,
@@ -163,6 +192,8 @@ if env_bool("DJANGO_HTTPS"):
     SECURE_SSL_REDIRECT = True
     SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
     SECURE_HSTS_SECONDS = 31536000
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_HSTS_INCLUDE_SUBDOMAINS", True)
+    SECURE_HSTS_PRELOAD = env_bool("DJANGO_HSTS_PRELOAD", True)
 
 LOGGING = {
     "version": 1,

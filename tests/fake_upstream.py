@@ -25,6 +25,16 @@ Control routes (never faulted, also served while ``down``):
 
 Test magic: an inference body containing ``FAIL_400`` / ``FAIL_500`` anywhere
 is answered with that status and an OpenAI error envelope.
+
+Stats semantics: every ``/v1/*`` request counts in ``requests_total`` and
+``by_path`` (including ``/v1/models`` and faulted ones); ``responses_by_status``
+only counts requests that got an HTTP answer, ``dropped`` (``down``) and
+``hung`` (``timeout_rate``) count those that did not. ``content_counts`` is keyed
+by the last user message (chat, or responses with message input), the prompt
+(completions) or the input (embeddings, moderations, responses), with non-string
+values JSON-encoded. ``rpm_max`` is the exact maximum number of arrivals in any
+sliding 60 s window. Fault order per request: down, timeout, 500/503/429
+(one random draw), latency, then JSON/marker/model validation.
 """
 
 from __future__ import annotations
@@ -263,6 +273,7 @@ class FakeUpstream:
         self._ids = random.Random()  # separate stream so ids never perturb the fault sequence
         # Stats are mutated on the loop thread and read from test threads.
         self._lock = threading.Lock()
+        self._in_flight = 0
         self._reset_stats()
         self._server: asyncio.base_events.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -402,8 +413,7 @@ class FakeUpstream:
         self._content_counts: collections.Counter[str] = collections.Counter()
         self._dropped = 0
         self._hung = 0
-        # in_flight survives a reset: those requests are still open.
-        self._in_flight = getattr(self, "_in_flight", 0)
+        # in_flight is not reset: those requests are still open.
         self._max_in_flight = self._in_flight
         self._window: collections.deque[float] = collections.deque()
         self._rpm_max = 0

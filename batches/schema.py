@@ -1,0 +1,227 @@
+"""OpenAPI description of /v1/batches (and /v1/webhooks) for drf-spectacular,
+in OpenAI's shapes. Optional like ``files_app.schema``: ``BatchesConfig.ready()``
+imports it only when drf-spectacular is installed."""
+
+from drf_spectacular.extensions import OpenApiViewExtension
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field, extend_schema_view, inline_serializer
+from rest_framework import serializers
+
+from files_app.schema import enum, errors, list_of, path_id, replace_view
+
+from .models import Batch, BatchStatus, WebhookEndpoint, WebhookEventType
+from .validation import SUPPORTED_ENDPOINTS
+from .views import MAX_METADATA_KEY, MAX_METADATA_PAIRS, MAX_METADATA_VALUE, OUTPUT_EXPIRES_AFTER_RANGE
+
+
+@extend_schema_field(
+    {
+        "type": "object",
+        "nullable": True,
+        "maxProperties": MAX_METADATA_PAIRS,
+        "additionalProperties": {"type": "string", "maxLength": MAX_METADATA_VALUE},
+        "propertyNames": {"maxLength": MAX_METADATA_KEY},
+        "description": f"Up to {MAX_METADATA_PAIRS} string pairs (keys up to {MAX_METADATA_KEY}, values up to {MAX_METADATA_VALUE} characters).",
+    }
+)
+class MetadataField(serializers.DictField):
+    pass
+
+
+class BatchErrorSerializer(serializers.Serializer):
+    code = serializers.CharField()
+    message = serializers.CharField()
+    param = serializers.CharField(allow_null=True)
+    line = serializers.IntegerField(allow_null=True)
+
+
+class BatchErrorsSerializer(serializers.Serializer):
+    object = enum(["list"])
+    data = BatchErrorSerializer(many=True)
+
+
+class RequestCountsSerializer(serializers.Serializer):
+    total = serializers.IntegerField()
+    completed = serializers.IntegerField()
+    failed = serializers.IntegerField()
+
+
+class BatchUsageSerializer(serializers.Serializer):
+    input_tokens = serializers.IntegerField()
+    input_tokens_details = inline_serializer("BatchUsageInputTokensDetails", fields={"cached_tokens": serializers.IntegerField()})
+    output_tokens = serializers.IntegerField()
+    output_tokens_details = inline_serializer("BatchUsageOutputTokensDetails", fields={"reasoning_tokens": serializers.IntegerField()})
+    total_tokens = serializers.IntegerField()
+
+
+def unix_time(help_text=""):
+    return serializers.IntegerField(allow_null=True, help_text=f"Unix seconds. {help_text}".strip())
+
+
+class BatchSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    object = enum(["batch"])
+    endpoint = serializers.CharField()
+    model = serializers.CharField(allow_null=True)
+    errors = BatchErrorsSerializer(allow_null=True)
+    input_file_id = serializers.CharField()
+    completion_window = serializers.CharField()
+    status = enum(BatchStatus.values)
+    output_file_id = serializers.CharField(allow_null=True)
+    error_file_id = serializers.CharField(allow_null=True)
+    created_at = serializers.IntegerField(help_text="Unix seconds.")
+    in_progress_at = unix_time()
+    expires_at = unix_time()
+    finalizing_at = unix_time()
+    completed_at = unix_time()
+    failed_at = unix_time()
+    expired_at = unix_time()
+    cancelling_at = unix_time()
+    cancelled_at = unix_time()
+    request_counts = RequestCountsSerializer()
+    usage = BatchUsageSerializer(allow_null=True)
+    metadata = MetadataField(allow_null=True)
+
+
+OUTPUT_EXPIRES_AFTER = inline_serializer(
+    "OutputExpiresAfter",
+    fields={
+        "anchor": enum(["created_at"]),
+        "seconds": serializers.IntegerField(min_value=OUTPUT_EXPIRES_AFTER_RANGE[0], max_value=OUTPUT_EXPIRES_AFTER_RANGE[1]),
+    },
+    required=False,
+)
+
+CREATE_BATCH_REQUEST = inline_serializer(
+    "CreateBatchRequest",
+    fields={
+        "input_file_id": serializers.CharField(help_text="A file with purpose 'batch'."),
+        "endpoint": enum(SUPPORTED_ENDPOINTS),
+        "completion_window": enum(["24h"]),
+        "metadata": MetadataField(required=False, allow_null=True),
+        "output_expires_after": OUTPUT_EXPIRES_AFTER,
+    },
+)
+
+IDEMPOTENCY_KEY = OpenApiParameter(
+    "Idempotency-Key",
+    OpenApiTypes.STR,
+    OpenApiParameter.HEADER,
+    description="Replays the first batch created with this key (same parameters) instead of creating another.",
+)
+BATCH_ID = path_id("The batch's id (batch_...).")
+
+documented_batch_views = extend_schema_view(
+    create=extend_schema(
+        operation_id="createBatch",
+        summary="Create a batch",
+        request=CREATE_BATCH_REQUEST,
+        parameters=[IDEMPOTENCY_KEY],
+        responses={200: BatchSerializer, **errors(400, 404, 409, 413, 415)},
+    ),
+    list=extend_schema(
+        operation_id="listBatches",
+        summary="List batches",
+        parameters=[
+            OpenApiParameter("limit", OpenApiTypes.INT, description="1 to 100 (default 20)."),
+            OpenApiParameter("after", OpenApiTypes.STR, description="The id of the last batch of the previous page."),
+        ],
+        responses={200: list_of("ListBatchesResponse", BatchSerializer), **errors(400)},
+    ),
+    retrieve=extend_schema(
+        operation_id="retrieveBatch", summary="Retrieve a batch", parameters=[BATCH_ID], responses={200: BatchSerializer, **errors(400, 404)}
+    ),
+)
+
+# cancel is routed by hand (batches/urls.py), not an @action, so extend_schema_view cannot see it.
+documented_cancel = extend_schema(
+    operation_id="cancelBatch",
+    summary="Cancel a batch",
+    parameters=[BATCH_ID],
+    request=None,
+    responses={200: BatchSerializer, **errors(400, 404, 409)},
+)
+
+
+class BatchViewSetSchema(OpenApiViewExtension):
+    target_class = "batches.views.BatchViewSet"
+
+    def view_replacement(self):
+        documented = replace_view(self.target_class, documented_batch_views, Batch)
+
+        class DocumentedCancel(documented):
+            @documented_cancel
+            def cancel(self, request, pk=None):
+                return super().cancel(request, pk)
+
+        DocumentedCancel.__name__ = DocumentedCancel.__qualname__ = documented.__name__
+        return DocumentedCancel
+
+
+# --- /v1/webhooks (our extension, see docs/webhooks.md) ---------------------------
+
+
+class WebhookEndpointSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    object = enum(["webhook_endpoint"])
+    url = serializers.CharField()
+    event_types = serializers.ListField(child=enum(WebhookEventType.values))
+    enabled = serializers.BooleanField()
+    created_at = serializers.IntegerField(help_text="Unix seconds.")
+    secret = serializers.CharField(required=False, help_text="The signing secret, returned once: by the create call.")
+
+
+WEBHOOK_ENDPOINT_ID = path_id("The webhook endpoint's id (whep_...).")
+
+documented_webhook_views = extend_schema_view(
+    create=extend_schema(
+        operation_id="createWebhookEndpoint",
+        summary="Register a webhook endpoint",
+        request=inline_serializer(
+            "CreateWebhookEndpointRequest",
+            fields={
+                "url": serializers.URLField(),
+                "event_types": serializers.ListField(child=enum(WebhookEventType.values), min_length=1),
+            },
+        ),
+        responses={200: WebhookEndpointSerializer, **errors(400, 413, 415)},
+    ),
+    list=extend_schema(
+        operation_id="listWebhookEndpoints",
+        summary="List webhook endpoints",
+        parameters=[
+            OpenApiParameter("limit", OpenApiTypes.INT, description="1 to 100 (default 20)."),
+            OpenApiParameter("after", OpenApiTypes.STR, description="The id of the last endpoint of the previous page."),
+        ],
+        responses={200: list_of("ListWebhookEndpointsResponse", WebhookEndpointSerializer), **errors(400)},
+    ),
+    retrieve=extend_schema(
+        operation_id="retrieveWebhookEndpoint",
+        summary="Retrieve a webhook endpoint",
+        parameters=[WEBHOOK_ENDPOINT_ID],
+        responses={200: WebhookEndpointSerializer, **errors(400, 404)},
+    ),
+    destroy=extend_schema(
+        operation_id="deleteWebhookEndpoint",
+        summary="Delete a webhook endpoint",
+        parameters=[WEBHOOK_ENDPOINT_ID],
+        responses={
+            200: inline_serializer(
+                "DeleteWebhookEndpointResponse",
+                fields={
+                    "id": serializers.CharField(),
+                    "object": enum(["webhook_endpoint.deleted"]),
+                    "deleted": serializers.BooleanField(),
+                },
+            ),
+            **errors(400, 404),
+        },
+    ),
+)
+
+
+class WebhookEndpointViewSetSchema(OpenApiViewExtension):
+    target_class = "batches.webhook_views.WebhookEndpointViewSet"
+
+    def view_replacement(self):
+        return replace_view(self.target_class, documented_webhook_views, WebhookEndpoint)

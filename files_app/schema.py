@@ -1,0 +1,170 @@
+"""OpenAPI description of /v1/files for drf-spectacular, in OpenAI's shapes.
+
+drf-spectacular is optional: ``FilesAppConfig.ready()`` imports this module only
+when it is installed. The views build plain dicts, so the shapes are declared
+here with response serializers and attached through an ``OpenApiViewExtension``
+(the views themselves stay free of schema code).
+"""
+
+from drf_spectacular.extensions import OpenApiAuthenticationExtension, OpenApiViewExtension
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    extend_schema,
+    extend_schema_field,
+    extend_schema_serializer,
+    extend_schema_view,
+    inline_serializer,
+)
+from rest_framework import serializers
+
+from .models import UPLOADABLE_PURPOSES, File, FilePurpose
+from .views import MAX_EXPIRES_AFTER, MIN_EXPIRES_AFTER
+
+
+class ErrorSerializer(serializers.Serializer):
+    message = serializers.CharField()
+    type = serializers.CharField()
+    param = serializers.CharField(allow_null=True)
+    code = serializers.CharField(allow_null=True)
+
+
+class ErrorResponseSerializer(serializers.Serializer):
+    """OpenAI's error envelope, on every 4xx and 5xx."""
+
+    error = ErrorSerializer()
+
+
+# Errors any authenticated, throttled route can answer.
+COMMON_ERRORS = {401: ErrorResponseSerializer, 429: ErrorResponseSerializer}
+
+
+def errors(*statuses):
+    return {**COMMON_ERRORS, **{status: ErrorResponseSerializer for status in statuses}}
+
+
+def list_of(name, item):
+    """OpenAI's cursor page: ``{object: "list", data, first_id, last_id, has_more}``."""
+
+    # many=False: a `list` action answers this envelope, not a bare array of it.
+    @extend_schema_serializer(many=False, component_name=name)
+    class Page(serializers.Serializer):
+        object = enum(["list"])
+        data = item(many=True)
+        first_id = serializers.CharField(allow_null=True)
+        last_id = serializers.CharField(allow_null=True)
+        has_more = serializers.BooleanField()
+
+    return Page
+
+
+def enum(values, **kwargs):
+    """A string field limited to ``values``, described inline.
+
+    Wrapped in ``allOf`` so drf-spectacular's enum post-processing leaves it
+    alone: it would otherwise hoist every choice set into a shared component
+    and warn about the name collisions of fields like ``object``.
+    """
+
+    @extend_schema_field({"type": "string", "allOf": [{"enum": list(values)}]})
+    class EnumField(serializers.CharField):
+        pass
+
+    return EnumField(**kwargs)
+
+
+def path_id(description):
+    return OpenApiParameter("id", OpenApiTypes.STR, OpenApiParameter.PATH, description=description)
+
+
+class OpenAIFileSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    object = enum(["file"])
+    bytes = serializers.IntegerField()
+    created_at = serializers.IntegerField(help_text="Unix seconds.")
+    expires_at = serializers.IntegerField(allow_null=True, help_text="Unix seconds; null when the file does not expire.")
+    filename = serializers.CharField()
+    purpose = enum(FilePurpose.values)
+    status = enum(["uploaded", "processed", "error"])
+    status_details = serializers.CharField(allow_null=True)
+
+
+CREATE_FILE_REQUEST = inline_serializer(
+    name="CreateFileRequest",
+    fields={
+        "file": serializers.FileField(help_text="Batch input files must be JSONL named *.jsonl."),
+        "purpose": enum(UPLOADABLE_PURPOSES),
+        "expires_after[anchor]": enum(["created_at"], required=False),
+        "expires_after[seconds]": serializers.IntegerField(min_value=MIN_EXPIRES_AFTER, max_value=MAX_EXPIRES_AFTER, required=False),
+    },
+)
+
+DELETE_FILE_RESPONSE = inline_serializer(
+    name="DeleteFileResponse",
+    fields={
+        "id": serializers.CharField(),
+        "object": enum(["file"]),
+        "deleted": serializers.BooleanField(),
+    },
+)
+
+FILE_ID = path_id("The file's id (file-...).")
+
+documented_file_views = extend_schema_view(
+    create=extend_schema(
+        operation_id="createFile",
+        summary="Upload a file",
+        request={"multipart/form-data": CREATE_FILE_REQUEST},
+        responses={200: OpenAIFileSerializer, **errors(400, 413, 415)},
+    ),
+    list=extend_schema(
+        operation_id="listFiles",
+        summary="List files",
+        parameters=[
+            OpenApiParameter("purpose", OpenApiTypes.STR, description="Only files with this purpose."),
+            OpenApiParameter("limit", OpenApiTypes.INT, description="1 to 10,000 (default 10,000)."),
+            OpenApiParameter("order", OpenApiTypes.STR, enum=["asc", "desc"], description="By created_at (default desc)."),
+            OpenApiParameter("after", OpenApiTypes.STR, description="The id of the last file of the previous page."),
+        ],
+        responses={200: list_of("ListFilesResponse", OpenAIFileSerializer), **errors(400)},
+    ),
+    retrieve=extend_schema(
+        operation_id="retrieveFile", summary="Retrieve a file", parameters=[FILE_ID], responses={200: OpenAIFileSerializer, **errors(400, 404)}
+    ),
+    destroy=extend_schema(
+        operation_id="deleteFile", summary="Delete a file", parameters=[FILE_ID], responses={200: DELETE_FILE_RESPONSE, **errors(400, 404)}
+    ),
+    content=extend_schema(
+        operation_id="downloadFile",
+        summary="Retrieve a file's content",
+        parameters=[FILE_ID],
+        responses={(200, "application/octet-stream"): OpenApiTypes.BINARY, **errors(400, 404)},
+    ),
+)
+
+
+def replace_view(view_class, documented, model):
+    """A schema-only subclass of ``view_class``: the declared shapes and a queryset
+    that needs no user."""
+
+    class Documented(view_class):
+        def get_queryset(self):
+            return model.objects.none()
+
+    Documented.__name__ = Documented.__qualname__ = view_class.__name__
+    return documented(Documented)
+
+
+class FileViewSetSchema(OpenApiViewExtension):
+    target_class = "files_app.views.FileViewSet"
+
+    def view_replacement(self):
+        return replace_view(self.target_class, documented_file_views, File)
+
+
+class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
+    target_class = "files_app.auth.ApiKeyAuthentication"
+    name = "ApiKeyAuth"
+
+    def get_security_definition(self, auto_schema):
+        return {"type": "http", "scheme": "bearer", "description": "An API key: 'Authorization: Bearer sk-batch-...'."}

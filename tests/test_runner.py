@@ -1,0 +1,448 @@
+"""Running batches in-process (no qcluster): validate_batch -> run_batch ->
+finalize against the fake upstream; retries, cancel, expiry, idempotency, leases.
+
+In ``db`` tests ``transaction.on_commit`` callbacks never fire, so nothing is
+enqueued on django-q2: every task is called directly here.
+"""
+
+import asyncio
+import json
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from batches import lifecycle, runner, tasks, upstream as upstream_module
+from batches.models import Batch, BatchRequest, BatchStatus, RequestStatus
+from batches.runner import BatchRunner
+from files_app.models import File
+from tests.conftest import chat_line
+
+
+@pytest.fixture
+def batch_settings(settings, upstream):
+    """``batch_settings(**keys)``: override OPENAI_BATCHES keys on top of the upstream fixture's."""
+
+    def apply(**keys):
+        settings.OPENAI_BATCHES = {**settings.OPENAI_BATCHES, **keys}
+
+    return apply
+
+
+@pytest.fixture
+def validated(make_batch, upstream):
+    """``validated(lines, **fields)`` -> a batch in ``in_progress``."""
+
+    def make(lines, **fields):
+        batch = make_batch(lines, **fields)
+        assert tasks.validate_batch(batch.id) == "in_progress"
+        batch.refresh_from_db()
+        return batch
+
+    return make
+
+
+@pytest.fixture
+def run(validated):
+    """``run(lines)`` -> (outcome of run_batch, the batch afterwards)."""
+
+    def do(lines, **fields):
+        batch = validated(lines, **fields)
+        outcome = tasks.run_batch(batch.id)
+        batch.refresh_from_db()
+        return outcome, batch
+
+    return do
+
+
+@pytest.fixture
+def on_flush(monkeypatch):
+    """``on_flush(callback)``: call ``callback(runner)`` after every flush that wrote results."""
+
+    def install(callback):
+        original = BatchRunner._flush
+
+        def flush_then_observe(self):
+            pending = bool(self.results)
+            original(self)
+            if pending:
+                callback(self)
+
+        monkeypatch.setattr(BatchRunner, "_flush", flush_then_observe)
+
+    return install
+
+
+def read_jsonl(file_id):
+    with File.objects.get(pk=file_id).content.open("rb") as handle:
+        return [json.loads(line) for line in handle]
+
+
+def lines_of(batch):
+    """(output lines by custom_id, error lines by custom_id) of a finished batch."""
+    output = {r["custom_id"]: r for r in read_jsonl(batch.output_file_id)} if batch.output_file_id else {}
+    errors = {r["custom_id"]: r for r in read_jsonl(batch.error_file_id)} if batch.error_file_id else {}
+    return output, errors
+
+
+def chat_calls(fake):
+    return fake.stats()["by_path"].get("/v1/chat/completions", 0)
+
+
+# --- the happy path -----------------------------------------------------------------
+
+
+def test_batch_completes_with_an_output_file(run, upstream):
+    contents = [f"question {i}" for i in range(6)]
+    outcome, batch = run([chat_line(f"req-{i}", content) for i, content in enumerate(contents)])
+    assert outcome == "all_done"
+    assert batch.status == BatchStatus.COMPLETED
+    assert batch.in_progress_at and batch.finalizing_at and batch.completed_at
+    assert batch.request_counts() == {"total": 6, "completed": 6, "failed": 0}
+    assert batch.error_file_id is None
+
+    output_file = File.objects.get(pk=batch.output_file_id)
+    assert output_file.purpose == "batch_output"
+    assert output_file.owner_id == batch.owner_id
+    assert output_file.filename.endswith(".jsonl")
+    output, _ = lines_of(batch)
+    assert set(output) == {f"req-{i}" for i in range(6)}
+    for i, content in enumerate(contents):
+        line = output[f"req-{i}"]
+        assert set(line) == {"id", "custom_id", "response", "error"}
+        assert line["id"].startswith("batch_req_")
+        assert line["error"] is None
+        assert set(line["response"]) == {"status_code", "request_id", "body"}
+        assert line["response"]["status_code"] == 200
+        assert line["response"]["request_id"].startswith("req_")
+        assert line["response"]["body"]["object"] == "chat.completion"
+        assert line["response"]["body"]["choices"][0]["message"]["content"] == f"echo: {content}"
+    assert len({line["id"] for line in output.values()}) == 6
+
+    bodies = [line["response"]["body"] for line in output.values()]
+    prompt = sum(b["usage"]["prompt_tokens"] for b in bodies)
+    completion = sum(b["usage"]["completion_tokens"] for b in bodies)
+    assert batch.usage["input_tokens"] == prompt > 0
+    assert batch.usage["output_tokens"] == completion > 0
+    assert batch.usage["total_tokens"] == prompt + completion
+
+    assert upstream.stats()["content_counts"] == {content: 1 for content in contents}
+    assert set(BatchRequest.objects.filter(batch=batch).values_list("status", flat=True)) == {RequestStatus.SUCCEEDED}
+    assert batch.slot_expires_at is None and batch.lease_owner is None
+
+
+def test_upstream_4xx_goes_to_the_error_file_unretried(run, upstream):
+    outcome, batch = run([chat_line("ok-1"), chat_line("bad", "please FAIL_400"), chat_line("ok-2")])
+    assert batch.status == BatchStatus.COMPLETED
+    assert batch.request_counts() == {"total": 3, "completed": 2, "failed": 1}
+    output, errors = lines_of(batch)
+    assert set(output) == {"ok-1", "ok-2"}
+    assert set(errors) == {"bad"}
+    line = errors["bad"]
+    assert line["response"]["status_code"] == 400
+    assert line["response"]["request_id"].startswith("req_")
+    assert line["response"]["body"]["error"]["code"] == "fake_fail_400"
+    assert line["error"] == {"code": "fake_fail_400", "message": "Deliberate failure requested by FAIL_400 marker."}
+    assert upstream.stats()["content_counts"]["please FAIL_400"] == 1
+    assert File.objects.get(pk=batch.error_file_id).purpose == "batch_output"
+
+
+def test_all_failed_leaves_no_output_file(run):
+    _, batch = run([chat_line("bad", "FAIL_400")])
+    assert batch.status == BatchStatus.COMPLETED
+    assert batch.output_file_id is None
+    assert batch.error_file_id is not None
+
+
+def test_output_files_honour_output_expires_after(run):
+    _, batch = run([chat_line("a"), chat_line("b", "FAIL_400")], output_expires_after=3600)
+    for file_id in (batch.output_file_id, batch.error_file_id):
+        stored = File.objects.get(pk=file_id)
+        assert stored.expires_at == stored.created_at + timedelta(seconds=3600)
+
+
+def test_counters_update_live_while_running(run, upstream, batch_settings, on_flush):
+    batch_settings(MAX_CONCURRENT_REQUESTS_PER_BATCH=2)
+    upstream.configure(latency_ms=50)
+    seen = []
+    on_flush(lambda r: seen.append(Batch.objects.filter(pk=r.batch_id).values_list("status", "completed_requests", "failed_requests").get()))
+    _, batch = run([chat_line(f"r{i}", "FAIL_400" if i % 4 == 0 else f"q{i}") for i in range(8)])
+    assert batch.request_counts() == {"total": 8, "completed": 6, "failed": 2}
+    in_progress = [(done, failed) for status, done, failed in seen if status == BatchStatus.IN_PROGRESS]
+    assert len(in_progress) >= 2
+    assert any(0 < done + failed < 8 for done, failed in in_progress)
+    totals = [done + failed for done, failed in in_progress]
+    assert totals == sorted(totals)
+
+
+def test_window_slides_past_a_slow_request(run, batch_settings, monkeypatch):
+    """With a window of 2, one slow request must not hold back the other slot."""
+    batch_settings(MAX_CONCURRENT_REQUESTS_PER_BATCH=2)
+    real_send = upstream_module.send
+    finished = []
+
+    async def send(client, endpoint, body):
+        content = body["messages"][0]["content"]
+        if content == "slow":
+            await asyncio.sleep(0.5)
+        outcome = await real_send(client, endpoint, body)
+        finished.append(content)
+        return outcome
+
+    monkeypatch.setattr(upstream_module, "send", send)
+    _, batch = run([chat_line("slow", "slow")] + [chat_line(f"fast-{i}", f"fast-{i}") for i in range(6)])
+    assert batch.status == BatchStatus.COMPLETED
+    assert finished[-1] == "slow"
+
+
+def test_concurrency_never_exceeds_the_window(run, upstream, batch_settings):
+    batch_settings(MAX_CONCURRENT_REQUESTS_PER_BATCH=3)
+    upstream.configure(latency_ms=20)
+    _, batch = run([chat_line(f"r{i}", f"q{i}") for i in range(12)])
+    assert batch.request_counts()["completed"] == 12
+    assert 1 <= upstream.stats()["max_in_flight"] <= 3
+
+
+# --- retries ------------------------------------------------------------------------------
+
+
+def chat_statuses(fake):
+    """Count of each HTTP status the fake upstream answered on chat completions."""
+    counts = {}
+    for _, path, status in fake.records():
+        if path == "/v1/chat/completions":
+            counts[status] = counts.get(status, 0) + 1
+    return counts
+
+
+@pytest.mark.parametrize("fault, status", [("error_500_rate", 500), ("error_503_rate", 503), ("error_429_rate", 429)])
+def test_transient_errors_are_retried(validated, upstream, batch_settings, fault, status):
+    batch_settings(MAX_ATTEMPTS=20)
+    contents = [f"q{i}" for i in range(15)]
+    batch = validated([chat_line(f"r{i}", content) for i, content in enumerate(contents)])
+    upstream.configure(**{fault: 0.4}, retry_after_s=0, seed=7)
+    assert tasks.run_batch(batch.id) == "all_done"
+    batch.refresh_from_db()
+    assert batch.status == BatchStatus.COMPLETED
+    assert batch.request_counts() == {"total": 15, "completed": 15, "failed": 0}
+    statuses = chat_statuses(upstream)
+    assert statuses[200] == 15
+    assert statuses[status] > 0
+    assert set(statuses) == {200, status}
+    assert BatchRequest.objects.filter(batch=batch, attempts__gt=1).exists()
+    output, _ = lines_of(batch)
+    assert {line["response"]["body"]["choices"][0]["message"]["content"] for line in output.values()} == {f"echo: {c}" for c in contents}
+
+
+def test_exhausted_retries_write_the_last_status(run, upstream, batch_settings):
+    batch_settings(MAX_ATTEMPTS=3)
+    _, batch = run([chat_line("ok"), chat_line("flaky", "always FAIL_500"), chat_line("ok-2")])
+    assert batch.status == BatchStatus.COMPLETED
+    assert batch.request_counts() == {"total": 3, "completed": 2, "failed": 1}
+    _, errors = lines_of(batch)
+    assert errors["flaky"]["response"]["status_code"] == 500
+    assert errors["flaky"]["response"]["body"]["error"]["type"] == "server_error"
+    assert errors["flaky"]["error"]["message"].startswith("Deliberate failure")
+    assert upstream.stats()["content_counts"]["always FAIL_500"] == 3
+    assert BatchRequest.objects.get(batch=batch, custom_id="flaky").attempts == 3
+
+
+def test_unreachable_upstream_gives_up_with_no_response(validated, upstream, batch_settings):
+    batch_settings(MAX_ATTEMPTS=2, CIRCUIT_BREAKER_THRESHOLD=100)
+    batch = validated([chat_line("a")])
+    upstream.configure(down=True)
+    assert tasks.run_batch(batch.id) == "all_done"
+    batch.refresh_from_db()
+    assert batch.status == BatchStatus.COMPLETED
+    _, errors = lines_of(batch)
+    assert errors["a"]["response"] is None
+    assert errors["a"]["error"]["code"] == "upstream_unreachable"
+    assert upstream.stats()["dropped"] == 2
+
+
+# --- cancel -------------------------------------------------------------------------------
+
+
+def test_cancel_mid_run_keeps_finished_results(run, upstream, batch_settings, on_flush, monkeypatch):
+    batch_settings(MAX_CONCURRENT_REQUESTS_PER_BATCH=2)
+    monkeypatch.setattr(runner, "STATUS_CHECK_SECONDS", 0.05)
+    upstream.configure(latency_ms=100)
+
+    def cancel_once(active_runner):
+        batch = Batch.objects.get(pk=active_runner.batch_id)
+        if batch.status == BatchStatus.IN_PROGRESS:
+            assert lifecycle.request_cancel(batch)
+
+    on_flush(cancel_once)
+    outcome, batch = run([chat_line(f"r{i:02d}", f"q{i}") for i in range(20)])
+    assert outcome == "stopped"
+    assert batch.status == BatchStatus.CANCELLED
+    assert batch.cancelling_at is not None and batch.cancelled_at is not None
+    assert batch.cancelling_at <= batch.cancelled_at
+
+    output, errors = lines_of(batch)
+    assert len(output) + len(errors) == 20
+    assert set(output) | set(errors) == {f"r{i:02d}" for i in range(20)}
+    assert 0 < len(output) < 20
+    for line in errors.values():
+        assert line["response"] is None
+        assert line["error"]["code"] == "batch_cancelled"
+    assert batch.request_counts() == {"total": 20, "completed": len(output), "failed": len(errors)}
+    # Nothing was sent after the cancel took effect beyond what finished.
+    assert chat_calls(upstream) == len(output)
+    assert not BatchRequest.objects.filter(batch=batch).unfinished().exists()
+
+
+def test_cancel_before_running_then_finalize(validated, upstream):
+    batch = validated([chat_line("a"), chat_line("b")])
+    assert lifecycle.request_cancel(batch)
+    assert Batch.objects.get(pk=batch.id).status == BatchStatus.CANCELLING
+    assert tasks.run_batch(batch.id) == "not_running"
+    assert tasks.finalize_batch(batch.id) is True
+    batch.refresh_from_db()
+    assert batch.status == BatchStatus.CANCELLED
+    output, errors = lines_of(batch)
+    assert output == {}
+    assert {cid: line["error"]["code"] for cid, line in errors.items()} == {"a": "batch_cancelled", "b": "batch_cancelled"}
+    assert chat_calls(upstream) == 0
+
+
+def test_cancel_while_validating(make_batch, upstream):
+    batch = make_batch([chat_line("a")])
+    assert lifecycle.request_cancel(batch)
+    assert tasks.validate_batch(batch.id) == "skipped"
+    assert tasks.finalize_batch(batch.id) is True
+    batch.refresh_from_db()
+    assert batch.status == BatchStatus.CANCELLED
+    assert batch.request_counts() == {"total": 0, "completed": 0, "failed": 0}
+    assert batch.output_file_id is None and batch.error_file_id is None
+
+
+# --- expiry -------------------------------------------------------------------------------
+
+
+def test_expired_batch_is_swept_and_finalized(validated, upstream):
+    batch = validated([chat_line("a"), chat_line("b"), chat_line("c")])
+    Batch.objects.filter(pk=batch.id).update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert tasks.sweep()["expired"] == 1
+    assert Batch.objects.get(pk=batch.id).status == BatchStatus.FINALIZING
+    assert tasks.finalize_batch(batch.id) is True
+    batch.refresh_from_db()
+    assert batch.status == BatchStatus.EXPIRED
+    assert batch.expired_at is not None
+    assert batch.output_file_id is None
+    _, errors = lines_of(batch)
+    assert set(errors) == {"a", "b", "c"}
+    for line in errors.values():
+        assert line["response"] is None
+        assert line["error"]["code"] == "batch_expired"
+    assert batch.request_counts() == {"total": 3, "completed": 0, "failed": 3}
+    assert tasks.run_batch(batch.id) == "not_running"
+    assert chat_calls(upstream) == 0
+
+
+def test_expiry_mid_run_keeps_finished_results(run, upstream, batch_settings, on_flush, monkeypatch):
+    batch_settings(MAX_CONCURRENT_REQUESTS_PER_BATCH=2)
+    monkeypatch.setattr(runner, "STATUS_CHECK_SECONDS", 0.05)
+    upstream.configure(latency_ms=100)
+    on_flush(lambda r: Batch.objects.filter(pk=r.batch_id).update(expires_at=timezone.now() - timedelta(seconds=1)))
+    outcome, batch = run([chat_line(f"r{i:02d}", f"q{i}") for i in range(20)])
+    assert outcome == "stopped"
+    assert batch.status == BatchStatus.EXPIRED
+    output, errors = lines_of(batch)
+    assert len(output) + len(errors) == 20
+    assert 0 < len(output) < 20
+    assert {line["error"]["code"] for line in errors.values()} == {"batch_expired"}
+
+
+def test_expired_while_validating(make_batch, upstream):
+    batch = make_batch([chat_line("a")])
+    Batch.objects.filter(pk=batch.id).update(expires_at=timezone.now() - timedelta(seconds=1))
+    tasks.sweep()
+    assert tasks.finalize_batch(batch.id) is True
+    batch.refresh_from_db()
+    assert batch.status == BatchStatus.EXPIRED
+    assert batch.output_file_id is None and batch.error_file_id is None
+
+
+# --- idempotency and leases --------------------------------------------------------------
+
+
+def test_running_a_finished_batch_again_is_a_no_op(run, upstream):
+    _, batch = run([chat_line("a"), chat_line("b")])
+    calls, output_id = chat_calls(upstream), batch.output_file_id
+    assert tasks.run_batch(batch.id) == "not_running"
+    assert tasks.finalize_batch(batch.id) is False
+    assert tasks.validate_batch(batch.id) == "skipped"
+    batch.refresh_from_db()
+    assert chat_calls(upstream) == calls
+    assert batch.output_file_id == output_id
+    assert File.objects.filter(purpose="batch_output").count() == 1
+
+
+def test_a_busy_slot_makes_the_runner_wait(validated, batch_settings, upstream):
+    batch_settings(MAX_CONCURRENT_BATCHES=1)
+    holder = validated([chat_line("a")])
+    Batch.objects.filter(pk=holder.id).update(slot_expires_at=timezone.now() + timedelta(minutes=1))
+    waiting = validated([chat_line("b")])
+    assert tasks.run_batch(waiting.id) == "no_slot"
+    assert chat_calls(upstream) == 0
+    assert Batch.objects.get(pk=waiting.id).status == BatchStatus.IN_PROGRESS
+
+
+def succeeded_outcome(pk):
+    body = {"object": "chat.completion", "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+    return upstream_module.Outcome("succeeded", status_code=200, body=body, request_id=f"req_stale_{pk}")
+
+
+def test_results_of_a_runner_whose_lease_was_taken_over_are_discarded(validated):
+    batch = validated([chat_line("a"), chat_line("b")])
+    first = BatchRunner(batch.id)
+    claimed = first._claim(2)
+    assert len(claimed) == 2
+    # The first runner stalls past its lease; a second runner takes the rows over.
+    BatchRequest.objects.filter(batch=batch).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    second = BatchRunner(batch.id)
+    assert {pk for pk, _, _ in second._claim(2)} == {pk for pk, _, _ in claimed}
+
+    first.results = [(pk, attempts, succeeded_outcome(pk), False) for pk, attempts, _ in claimed]
+    first._flush()
+    assert first.stats["succeeded"] == 0
+    rows = BatchRequest.objects.filter(batch=batch)
+    assert set(rows.values_list("status", "lease_owner")) == {(RequestStatus.RUNNING, second.owner)}
+    assert set(rows.values_list("attempts", flat=True)) == {2}
+    assert Batch.objects.get(pk=batch.id).completed_requests == 0
+
+    second.results = [(pk, attempts, succeeded_outcome(pk), False) for pk, attempts, _ in claimed]
+    second._flush()
+    assert second.stats["succeeded"] == 2
+    assert set(rows.values_list("status", "lease_owner")) == {(RequestStatus.SUCCEEDED, None)}
+    assert set(rows.values_list("upstream_request_id", flat=True)) == {f"req_stale_{pk}" for pk, _, _ in claimed}
+    assert Batch.objects.get(pk=batch.id).completed_requests == 2
+
+
+def test_results_for_rows_finished_meanwhile_are_discarded(validated):
+    batch = validated([chat_line("a")])
+    stale = BatchRunner(batch.id)
+    (pk, attempts, _), = stale._claim(1)
+    # Finalization (cancel) ended the row while the runner was still waiting on it.
+    BatchRequest.objects.filter(pk=pk).update(status=RequestStatus.CANCELLED, lease_owner=None, error={"code": "batch_cancelled"})
+    stale.results = [(pk, attempts, succeeded_outcome(pk), False)]
+    stale._flush()
+    row = BatchRequest.objects.get(pk=pk)
+    assert row.status == RequestStatus.CANCELLED
+    assert row.response_body is None
+    assert Batch.objects.get(pk=batch.id).completed_requests == 0
+
+
+def test_a_dead_runners_rows_are_reclaimed_and_finished(validated, upstream):
+    batch = validated([chat_line("a", "first"), chat_line("b", "second")])
+    dead = BatchRunner(batch.id)
+    dead._claim(2)  # then the worker dies: its rows stay running until the lease runs out
+    assert tasks.run_batch(batch.id) == "others_running"
+    BatchRequest.objects.filter(batch=batch).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    assert tasks.run_batch(batch.id) == "all_done"
+    batch.refresh_from_db()
+    assert batch.status == BatchStatus.COMPLETED
+    assert batch.request_counts() == {"total": 2, "completed": 2, "failed": 0}
+    assert upstream.stats()["content_counts"] == {"first": 1, "second": 1}
