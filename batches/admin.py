@@ -10,7 +10,7 @@ import json
 from urllib.parse import urlencode
 
 from django.contrib import admin, messages
-from django.contrib.admin.utils import quote
+from django.contrib.admin.utils import quote, unquote
 from django.db.models import Count, Exists, OuterRef, Q
 from django.template.defaultfilters import filesizeformat
 from django.template.loader import render_to_string
@@ -362,7 +362,7 @@ class BatchAdmin(WorkerHealthMixin, admin.ModelAdmin):
     # --- the detail page's action buttons ---
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
-        batch = self.get_object(request, object_id)
+        batch = self.get_object(request, unquote(object_id))
         buttons = []
         if batch is not None:
             available = self.get_actions(request)

@@ -28,7 +28,7 @@ import time
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, close_old_connections, transaction
+from django.db import InterfaceError, OperationalError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -310,7 +310,8 @@ class BatchRunner:
                 if time.monotonic() - trouble_since > self.lease.total_seconds():
                     raise
                 logger.warning("runner.database_error batch_id=%s error=%s", self.batch_id, str(exc)[:200])
-                close_old_connections()
+                if not connection.in_atomic_block:
+                    connection.close_if_unusable_or_obsolete()  # a broken connection reconnects on the next query
                 time.sleep(DATABASE_RETRY_SECONDS)
                 continue
             if outcome:
@@ -423,10 +424,11 @@ class BatchRunner:
         alive = (
             BatchRequest.objects.filter(batch_id=self.batch_id, status=RequestStatus.RUNNING, lease_expires_at__gt=since + self.lease)
             .exclude(lease_owner=self.owner)
+            .order_by()  # the default ordering would make DISTINCT count a runner per row
             .values_list("lease_owner", flat=True)
             .distinct()
         )
-        return sum(1 for owner in alive if owner < self.owner) >= app_settings.RUN_TASKS_PER_BATCH
+        return sum(1 for owner in set(alive) if owner < self.owner) >= app_settings.RUN_TASKS_PER_BATCH
 
     def _others_hold_leases(self):
         return BatchRequest.objects.filter(batch_id=self.batch_id).live_leases().exclude(lease_owner=self.owner).exists()

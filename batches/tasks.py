@@ -3,6 +3,7 @@ once (ORM broker) or at most once (Redis), and the sweeper re-enqueues anything
 whose lease went stale, so running any of these twice is harmless."""
 
 import logging
+import secrets
 from datetime import timedelta
 
 from django.db.models import Q
@@ -114,6 +115,7 @@ class InputValidation:
             err = valid.problem["error"]
             row.status, row.status_code, row.response_body = RequestStatus.FAILED, 400, valid.problem
             row.error, row.finished_at = {"code": err["code"], "message": err["message"]}, timezone.now()
+            row.upstream_request_id = f"req_{secrets.token_hex(16)}"  # answered here, so the id is ours
             self.failed_rows += 1
         self.pending_rows.append(row)
         if len(self.pending_rows) >= ROWS_PER_INSERT:

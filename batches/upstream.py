@@ -136,6 +136,12 @@ def _json_body(response):
     return body if isinstance(body, dict) else {"data": body}
 
 
+def redact(payload, secret):
+    """``payload`` without ``secret`` in it: some servers quote the key they rejected,
+    and upstream bodies end up in output files and API responses."""
+    return json.loads(json.dumps(payload).replace(secret, "[redacted]"))
+
+
 async def send(client: openai.AsyncOpenAI, endpoint: str, body: dict) -> Outcome:
     """One upstream call, classified. Never raises for upstream trouble."""
     try:
@@ -152,6 +158,8 @@ async def send(client: openai.AsyncOpenAI, endpoint: str, body: dict) -> Outcome
         )
     status_code = response.status_code
     payload = _json_body(response)
+    if len(client.api_key) >= 8 and client.api_key.encode() in response.content:
+        payload = redact(payload, client.api_key)
     request_id = response.headers.get("x-request-id", "")
     if 200 <= status_code < 300:
         return Outcome("succeeded", status_code=status_code, body=payload, request_id=request_id)

@@ -88,6 +88,10 @@ def check_url(url):
         raise UnsafeURL("The webhook URL must start with http:// or https://.")
     if not parts.hostname:
         raise UnsafeURL("The webhook URL has no host.")
+    try:
+        host = parts.hostname.encode("idna").decode("ascii")  # what DNS and the Host header need
+    except UnicodeError:
+        raise UnsafeURL(f"The webhook host '{parts.hostname}' is not a valid host name.") from None
     if parts.username is not None or parts.password is not None:
         raise UnsafeURL("The webhook URL must not contain credentials.")
     try:
@@ -95,8 +99,8 @@ def check_url(url):
     except ValueError:
         raise UnsafeURL("The webhook URL has an invalid port.") from None
     try:
-        infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError):
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror:
         raise UnsafeURL(f"The webhook host '{parts.hostname}' could not be resolved.") from None
     addresses = list(dict.fromkeys(info[4][0] for info in infos))
     if not app_settings.WEBHOOKS_ALLOW_PRIVATE:
@@ -104,7 +108,9 @@ def check_url(url):
             if not is_public_address(address):
                 raise UnsafeURL(f"The webhook host '{parts.hostname}' resolves to a non-public address ({address}).")
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return scheme, parts.hostname, port, path, addresses
+    if not path.isascii():
+        raise UnsafeURL("The webhook URL's path must be ASCII (percent-encode other characters).")
+    return scheme, host, port, path, addresses
 
 
 def is_public_address(address):

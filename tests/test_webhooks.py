@@ -284,9 +284,9 @@ def test_hanging_receiver_does_not_slow_the_batch(make_receiver, make_endpoint, 
     assert unwrap(secret, receiver.requests[-1]).data.id == batch.id
 
 
-def test_only_matching_enabled_endpoints_of_the_owner_get_events(make_receiver, make_endpoint, make_client, finish_batch, task_queue):
+def test_only_matching_enabled_endpoints_of_the_owner_get_events(make_receiver, make_endpoint, finish_batch, task_queue):
     receiver = make_receiver()
-    failed_only, _, client = make_endpoint(receiver.url, event_types=["batch.failed"])
+    _, _, client = make_endpoint(receiver.url, event_types=["batch.failed"])
     disabled, _, _ = make_endpoint(receiver.url, client=client)
     WebhookEndpoint.objects.filter(pk=disabled.pk).update(enabled=False)
     make_endpoint(receiver.url)  # another user's endpoint
@@ -420,6 +420,8 @@ def test_non_public_targets_are_refused_unless_allowed(url, settings):
         ("https://93.184.215.14:99999/hook", "invalid port"),
         ("https://93.184.215.14/a b", "spaces or control"),
         ("https://nonexistent.invalid/hook", "could not be resolved"),
+        ("https://a..b/hook", "not a valid host name"),
+        ("https://93.184.215.14/h\u00e9", "must be ASCII"),
     ],
 )
 def test_malformed_urls_are_refused(url, message):
