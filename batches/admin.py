@@ -7,6 +7,7 @@ needs the ``change`` permission, so view-only staff can look but not act.
 """
 
 import json
+from datetime import timedelta
 from urllib.parse import urlencode
 
 from django.contrib import admin, messages
@@ -56,6 +57,12 @@ def format_duration(seconds):
     return f"{seconds}s"
 
 
+def age(moment):
+    if timezone.now() - moment < timedelta(minutes=1):
+        return "just now"
+    return f"{timesince(moment)} ago"
+
+
 def pretty_json(value):
     if value is None:
         return "—"
@@ -76,7 +83,8 @@ class WorkerHealthMixin:
     """Puts the worker-health banner on the admin's pages of this model."""
 
     def changelist_view(self, request, extra_context=None):
-        return super().changelist_view(request, {"worker_health": operations.worker_health(), **(extra_context or {})})
+        context = {"title": self.model._meta.verbose_name_plural.capitalize(), "worker_health": operations.worker_health()}
+        return super().changelist_view(request, {**context, **(extra_context or {})})
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         return super().change_view(request, object_id, form_url, {"worker_health": operations.worker_health(), **(extra_context or {})})
@@ -116,8 +124,9 @@ class BatchAdmin(WorkerHealthMixin, admin.ModelAdmin):
     list_select_related = ("owner",)
     search_fields = ("id",)  # shows the search box; get_search_results does the searching
     search_help_text = "Batch id, input/output file id, input filename, a metadata value, or an exact custom_id."
-    ordering = ("-created_at", "-id")
+    ordering = ("-created_at",)
     list_per_page = 50
+    empty_value_display = "—"
     actions = ["cancel_batches", "retry_failed_requests", "rerun_batches"]
     fieldsets = (
         (None, {"fields": ("id", "status_badge", "owner", "endpoint", "model", "completion_window", "lineage", "idempotency_key")}),
@@ -180,6 +189,10 @@ class BatchAdmin(WorkerHealthMixin, admin.ModelAdmin):
     @admin.display(description="progress")
     def progress(self, obj):
         total = obj.total_requests
+        if obj.status == BatchStatus.FAILED and obj.errors:
+            # Why it failed, from the row itself (no query): the first error code.
+            more = f" +{len(obj.errors) - 1} more" if len(obj.errors) > 1 else ""
+            return format_html('<code class="ob-error-code" title="{}">{}</code><span class="ob-quiet">{}</span>', obj.errors[0].get("message", ""), obj.errors[0].get("code", "error"), more)
         if not total:
             return format_html('<span class="ob-quiet">{}</span>', "validating…" if obj.status == BatchStatus.VALIDATING else "—")
         ok = 100 * obj.completed_requests / total
@@ -212,10 +225,10 @@ class BatchAdmin(WorkerHealthMixin, admin.ModelAdmin):
     @admin.display(description="created", ordering="created_at")
     def created(self, obj):
         return format_html(
-            '<time datetime="{}">{}</time><div class="ob-quiet">{} ago</div>',
+            '<time datetime="{}">{}</time><div class="ob-quiet">{}</div>',
             obj.created_at.isoformat(),
             date_format(timezone.localtime(obj.created_at), "SHORT_DATETIME_FORMAT"),
-            timesince(obj.created_at),
+            age(obj.created_at),
         )
 
     @admin.display(description="duration")
@@ -248,7 +261,7 @@ class BatchAdmin(WorkerHealthMixin, admin.ModelAdmin):
     def _link(self, batch):
         return admin_change_link(batch, site_name=self.admin_site.name)
 
-    @admin.display(description="requests")
+    @admin.display(description="browse requests")
     def request_links(self, obj):
         if not obj.total_requests:
             return "—"

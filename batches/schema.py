@@ -20,7 +20,6 @@ from .views import MAX_METADATA_KEY, MAX_METADATA_PAIRS, MAX_METADATA_VALUE, OUT
         "nullable": True,
         "maxProperties": MAX_METADATA_PAIRS,
         "additionalProperties": {"type": "string", "maxLength": MAX_METADATA_VALUE},
-        "propertyNames": {"maxLength": MAX_METADATA_KEY},
         "description": f"Up to {MAX_METADATA_PAIRS} string pairs (keys up to {MAX_METADATA_KEY}, values up to {MAX_METADATA_VALUE} characters).",
     }
 )

@@ -22,8 +22,10 @@ upstreams (vLLM, llama.cpp) accept extra sampling parameters such as ``top_k``.
 
 import json
 import math
+import re
 from typing import NamedTuple
 
+from files_app.api import has_unstorable_text
 from files_app.conf import app_settings
 
 SUPPORTED_ENDPOINTS = (
@@ -33,6 +35,8 @@ SUPPORTED_ENDPOINTS = (
     "/v1/responses",
     "/v1/moderations",
 )
+
+UNSTORABLE_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
 
 MAX_CUSTOM_ID_LENGTH = 512  # BatchRequest.custom_id's column width
 
@@ -116,6 +120,11 @@ class LineValidator:
             return None, [_error("This line is not parseable as valid JSON.", "invalid_json_line", None, line_no)]
         if not isinstance(record, dict):
             return None, [_error("Each line must be a JSON object.", "invalid_json_line", None, line_no)]
+        # \u0000 and unpaired \ud800-\udfff escapes decode to text no database column (or UTF-8 file) can hold.
+        if UNSTORABLE_ESCAPE.search(text) and has_unstorable_text(record):
+            return None, [
+                _error("This line contains a NUL character or an unpaired surrogate, which is not supported.", "invalid_json_line", None, line_no)
+            ]
 
         errors = self._check_envelope(line_no, record)
         body = record.get("body")

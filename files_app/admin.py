@@ -168,7 +168,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
     list_filter = (KeyStateFilter, ("created_at", admin.DateFieldListFilter))
     list_select_related = ("user",)
     search_fields = ("name", "prefix", f"user__{get_user_model().USERNAME_FIELD}")
-    autocomplete_fields = ("user",)
+    raw_id_fields = ("user",)
     actions = ["revoke_keys"]
     add_fields = ("user", "name")
     change_fields = ("masked_key", "user", "name", "created_at", "last_used_at", "revoked_at")

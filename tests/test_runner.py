@@ -176,21 +176,29 @@ def test_counters_update_live_while_running(run, upstream, batch_settings, on_fl
 
 
 def test_window_slides_past_a_slow_request(run, batch_settings, monkeypatch):
-    """With a window of 2, one slow request must not hold back the other slot."""
+    """With a window of 2, one slow request must not hold back the other slot:
+    the slow one only finishes once every fast one has (or after 10 s, which fails)."""
     batch_settings(MAX_CONCURRENT_REQUESTS_PER_BATCH=2)
     real_send = upstream_module.send
     finished = []
+    fast_count = 6
+    all_fast_done = asyncio.Event()
 
     async def send(client, endpoint, body):
         content = body["messages"][0]["content"]
         if content == "slow":
-            await asyncio.sleep(0.5)
+            try:
+                await asyncio.wait_for(all_fast_done.wait(), timeout=10)
+            except asyncio.TimeoutError:
+                pass
         outcome = await real_send(client, endpoint, body)
         finished.append(content)
+        if sum(1 for c in finished if c.startswith("fast")) == fast_count:
+            all_fast_done.set()
         return outcome
 
     monkeypatch.setattr(upstream_module, "send", send)
-    _, batch = run([chat_line("slow", "slow")] + [chat_line(f"fast-{i}", f"fast-{i}") for i in range(6)])
+    _, batch = run([chat_line("slow", "slow")] + [chat_line(f"fast-{i}", f"fast-{i}") for i in range(fast_count)])
     assert batch.status == BatchStatus.COMPLETED
     assert finished[-1] == "slow"
 
