@@ -21,6 +21,7 @@ from django.utils.formats import date_format
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 from django.utils.timesince import timesince
+from django_q.models import Task
 
 from files_app.admin import admin_change_link, confirmation_page, file_download_url, report_refused
 from files_app.conf import app_settings
@@ -66,7 +67,7 @@ def age(moment):
 def pretty_json(value):
     if value is None:
         return "—"
-    return format_html('<pre class="ob-json">{}</pre>', json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False))
+    return format_html('<pre class="ob-json">{}</pre>', json.dumps(value, indent=2, ensure_ascii=False))
 
 
 def changelist_url(model, site_name, **params):
@@ -77,17 +78,6 @@ def changelist_url(model, site_name, **params):
 
 def batch_ended_at(batch):
     return next((getattr(batch, name) for name in ENDED_AT_FIELDS if getattr(batch, name)), None)
-
-
-class WorkerHealthMixin:
-    """Puts the worker-health banner on the admin's pages of this model."""
-
-    def changelist_view(self, request, extra_context=None):
-        context = {"title": self.model._meta.verbose_name_plural.capitalize(), "worker_health": operations.worker_health()}
-        return super().changelist_view(request, {**context, **(extra_context or {})})
-
-    def change_view(self, request, object_id, form_url="", extra_context=None):
-        return super().change_view(request, object_id, form_url, {"worker_health": operations.worker_health(), **(extra_context or {})})
 
 
 # --- Batch ---------------------------------------------------------------------------
@@ -109,7 +99,7 @@ class LineageFilter(admin.SimpleListFilter):
 
 
 @admin.register(Batch)
-class BatchAdmin(WorkerHealthMixin, admin.ModelAdmin):
+class BatchAdmin(admin.ModelAdmin):
     list_display = ("batch", "owner", "endpoint", "model", "status_badge", "progress", "counts", "created", "duration")
     list_filter = (
         "status",
@@ -350,8 +340,6 @@ class BatchAdmin(WorkerHealthMixin, admin.ModelAdmin):
     @admin.display(description="django-q2 tasks")
     def tasks(self, obj):
         """The batch's tasks are grouped by its id (see batches.queue)."""
-        from django_q.models import Task
-
         counts = Task.objects.filter(group=obj.id).aggregate(succeeded=Count("pk", filter=Q(success=True)), failed=Count("pk", filter=Q(success=False)))
         links = []
         for model_name, label, count in (("success", "succeeded", counts["succeeded"]), ("failure", "failed", counts["failed"])):
@@ -372,7 +360,11 @@ class BatchAdmin(WorkerHealthMixin, admin.ModelAdmin):
             return [fieldset for fieldset in self.fieldsets if fieldset[0] != "Validation errors"]
         return self.fieldsets
 
-    # --- the detail page's action buttons ---
+    # --- pages: the worker-health banner, and the detail page's action buttons ---
+
+    def changelist_view(self, request, extra_context=None):
+        context = {"title": "Batches", "worker_health": operations.worker_health()}
+        return super().changelist_view(request, {**context, **(extra_context or {})})
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         batch = self.get_object(request, unquote(object_id))
@@ -386,7 +378,12 @@ class BatchAdmin(WorkerHealthMixin, admin.ModelAdmin):
             }
             labels = {"cancel_batches": "Cancel batch", "retry_failed_requests": "Retry failed requests", "rerun_batches": "Re-run batch"}
             buttons = [(name, labels[name]) for name, check in checks.items() if name in available and check() is None]
-        context = {"batch_actions": buttons, "changelist_url": changelist_url(Batch, self.admin_site.name), **(extra_context or {})}
+        context = {
+            "batch_actions": buttons,
+            "changelist_url": changelist_url(Batch, self.admin_site.name),
+            "worker_health": operations.worker_health(),
+            **(extra_context or {}),
+        }
         return super().change_view(request, object_id, form_url, context)
 
     # --- actions ---
@@ -558,7 +555,7 @@ class AttemptsFilter(admin.SimpleListFilter):
 
 @admin.register(BatchRequest)
 class BatchRequestAdmin(admin.ModelAdmin):
-    list_display = ("line", "custom_id", "batch_link", "status_badge", "status_code", "attempts", "took", "tokens")
+    list_display = ("line", "custom_id", "batch_link", "status_badge", "status_code", "attempts", "took")
     list_display_links = ("line", "custom_id")
     list_filter = (BatchFilter, "status", StatusCodeFilter, AttemptsFilter)
     search_fields = ("=custom_id",)
@@ -569,7 +566,7 @@ class BatchRequestAdmin(admin.ModelAdmin):
     fieldsets = (
         (None, {"fields": ("batch_link", "line", "custom_id", "public_id", "status_badge", "attempts")}),
         ("Request", {"fields": ("body_json",)}),
-        ("Result", {"fields": ("status_code", "upstream_request_id", "response_json", "error_json", "tokens")}),
+        ("Result", {"fields": ("status_code", "upstream_request_id", "response_json", "error_json", "usage")}),
         ("Timings", {"fields": ("started_at", "finished_at", "took", "not_before", "lease_owner", "lease_expires_at")}),
     )
     readonly_fields = [name for _, options in fieldsets for name in options["fields"]]
@@ -585,6 +582,13 @@ class BatchRequestAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+    def get_queryset(self, request):
+        queryset = super().get_queryset(request)
+        if request.resolver_match and request.resolver_match.url_name.endswith("_changelist"):
+            # The list shows none of the JSON payloads; a page of 100 rows need not load them.
+            queryset = queryset.defer("body", "response_body", "error")
+        return queryset
 
     @admin.display(description="batch", ordering="batch")
     def batch_link(self, obj):
@@ -609,9 +613,10 @@ class BatchRequestAdmin(admin.ModelAdmin):
             return f"{(obj.finished_at - obj.started_at).total_seconds():.2f}s"
         return "—"
 
-    @admin.display(description="tokens (in / out)")
-    def tokens(self, obj):
-        return f"{obj.input_tokens} / {obj.output_tokens}" if obj.input_tokens or obj.output_tokens else "—"
+    @admin.display(description="usage")
+    def usage(self, obj):
+        usage = obj.response_body.get("usage") if isinstance(obj.response_body, dict) else None
+        return pretty_json(usage)
 
     @admin.display(description="body")
     def body_json(self, obj):

@@ -25,6 +25,10 @@ from django.core.cache.backends.locmem import LocMemCache
 from django.core.files import File as DjangoFile
 from django.db import transaction
 from django.utils import timezone
+from django_q.brokers import Broker, get_broker
+from django_q.conf import Conf
+from django_q.models import OrmQ, Task
+from django_q.status import Stat
 
 from files_app.models import File, FilePurpose
 
@@ -125,6 +129,8 @@ def rerun_refusal(batch, input_file_exists=None):
     """Why ``batch`` cannot be re-run, or None when it can."""
     if batch.status != BatchStatus.FAILED:
         return f"status is {batch.status}; only failed batches are re-run"
+    if batch.errors and all(error.get("line") is not None for error in batch.errors):
+        return "its input file has invalid lines; re-running it would fail the same way"
     if input_file_exists is None:
         input_file_exists = File.objects.live().filter(pk=batch.input_file_id, owner_id=batch.owner_id).exists()
     if not input_file_exists:
@@ -189,12 +195,6 @@ def worker_health(now=None):
     cluster works; tasks left unclaimed, or unfinished batches with no task
     activity, mean none does.
     """
-    from django_q.brokers import get_broker
-    from django_q.brokers.redis_broker import Redis
-    from django_q.conf import Conf
-    from django_q.models import OrmQ, Task
-    from django_q.status import Stat
-
     now = now or timezone.now()
     broker = get_broker()
     try:
@@ -205,7 +205,9 @@ def worker_health(now=None):
     if clusters:
         hosts = sorted({stat.host for stat in clusters})
         return WorkerHealth(True, f"{len(clusters)} cluster(s) running on {', '.join(hosts)}.", clusters)
-    heartbeat_visible = isinstance(broker, Redis) or (broker.cache is not None and not isinstance(broker.cache, (LocMemCache, DummyCache)))
+    # Brokers that keep stats themselves (Redis) share them; the others use the Django cache.
+    stats_in_broker = type(broker).get_stats is not Broker.get_stats
+    heartbeat_visible = stats_in_broker or (broker.cache is not None and not isinstance(broker.cache, (LocMemCache, DummyCache)))
     if heartbeat_visible:
         return WorkerHealth(False, "No django-q2 cluster is running: queued batch work will not be processed.")
 

@@ -34,7 +34,7 @@ from django.utils import timezone
 
 from files_app.conf import app_settings
 
-from . import lifecycle, ratelimit, upstream
+from . import bulk, lifecycle, ratelimit, upstream
 from .models import Batch, BatchRequest, BatchStatus, RequestStatus
 from .output import finalize_batch
 from .queue import enqueue
@@ -581,14 +581,13 @@ class BatchRunner:
                 if outcome.status_code is None:  # never got an answer: only the error is known
                     row.response_body = None
                 failed.append(row)
-        guarded = BatchRequest.objects.filter(batch_id=self.batch_id, lease_owner=self.owner, status=RequestStatus.RUNNING)
+        lease = {"batch_id": self.batch_id, "lease_owner": self.owner, "status": RequestStatus.RUNNING}
         result_fields = ["status", "status_code", "upstream_request_id", "response_body", "error", "lease_owner", "lease_expires_at", "finished_at"]
         try:
             with transaction.atomic():
-                done_ok = guarded.bulk_update(succeeded, result_fields) if succeeded else 0
-                done_failed = guarded.bulk_update(failed, result_fields) if failed else 0
-                if retry:
-                    guarded.bulk_update(retry, result_fields + ["attempts", "not_before"])
+                done_ok = bulk.update_each(succeeded, result_fields, **lease)
+                done_failed = bulk.update_each(failed, result_fields, **lease)
+                bulk.update_each(retry, result_fields + ["attempts", "not_before"], **lease)
                 if done_ok or done_failed:
                     Batch.objects.filter(pk=self.batch_id).update(
                         completed_requests=F("completed_requests") + done_ok, failed_requests=F("failed_requests") + done_failed

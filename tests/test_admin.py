@@ -186,7 +186,7 @@ def test_filters(admin_client, batch_with_failures, running_batch, make_batch):
     assert listed(endpoint="/v1/embeddings") == {embeddings}
     assert listed(model="fake-model") == {batch_with_failures, running_batch}
     assert listed(owner__id__exact=running_batch.owner_id) == {running_batch}
-    today = timezone.localdate()
+    today = timezone.localtime().replace(hour=0, minute=0, second=0, microsecond=0)  # as the "Today" link sends it
     assert listed(created_at__gte=str(today), created_at__lt=str(today + timedelta(days=1))) == {batch_with_failures, running_batch, embeddings}
     retry = operations.retry_failed_requests(batch_with_failures)
     assert listed(lineage="retry") == {retry}
@@ -227,6 +227,9 @@ def test_batch_detail_shows_validation_errors_as_a_table(admin_client, make_batc
     for error in batch.errors:
         assert f"<code>{error['code']}</code>" in html
         assert f"<td>{error['line']}</td>" in html
+    # Its input is what is wrong: re-running it would fail the same way.
+    assert "rerun_batches" not in html
+    assert "invalid lines" in operations.rerun_refusal(batch)
 
 
 def test_deleted_input_file_is_reported_not_fatal(admin_client, batch_with_failures):
@@ -426,6 +429,19 @@ def test_request_changelist_filters_and_search(admin_client, batch_with_failures
     assert listed(q="bad-1") == {"bad-1"}
 
 
+def test_request_changelist_query_count_does_not_grow_with_rows(admin_client, running_batch, make_batch, upstream):
+    big = make_batch([chat_line(f"big-{n}") for n in range(40)])
+    tasks.validate_batch(big.id)
+
+    def queries_for(batch):
+        with CaptureQueriesContext(connection) as captured:
+            response = admin_client.get(REQUESTS_URL, {"batch": batch.id})
+        assert len(response.context["cl"].result_list) == batch.requests.count()
+        return len(captured)
+
+    assert queries_for(running_batch) == queries_for(big)
+
+
 def test_request_detail_pretty_prints_json(admin_client, batch_with_failures):
     row = batch_with_failures.requests.get(custom_id="bad-0")
     response = admin_client.get(reverse("admin:batches_batchrequest_change", args=[quote(row.pk)]))
@@ -435,6 +451,9 @@ def test_request_detail_pretty_prints_json(admin_client, batch_with_failures):
     assert "&quot;messages&quot;: [" in html  # indented JSON of the body
     assert "FAIL_400" in html and "400" in html
     assert row.public_id in html and 'name="_save"' not in html
+    ok_row = batch_with_failures.requests.get(custom_id="ok-0")
+    html = admin_client.get(reverse("admin:batches_batchrequest_change", args=[quote(ok_row.pk)])).content.decode()
+    assert "&quot;total_tokens&quot;:" in html  # usage from the response
     assert admin_client.get(reverse("admin:batches_batchrequest_add")).status_code == 403
 
 
@@ -576,3 +595,16 @@ def test_lifecycle_cancel_is_the_api_cancel(running_batch):
     assert operations.cancel(running_batch) is True
     assert operations.cancel(running_batch) is False
     assert lifecycle.request_cancel(running_batch) is False
+
+
+def test_broker_keeping_heartbeats_itself_is_conclusive(batch_with_failures, monkeypatch):
+    # Like the Redis broker: stats live in the broker, so their absence means no cluster.
+    from django_q.brokers import Broker
+
+    class HeartbeatKeepingBroker(Broker):
+        def get_stats(self, pattern):
+            return []
+
+    monkeypatch.setattr(operations, "get_broker", lambda: HeartbeatKeepingBroker(list_key="probe"))
+    health = operations.worker_health()
+    assert not health.ok and "No django-q2 cluster is running" in health.summary

@@ -1,0 +1,40 @@
+"""Writing many rows at once, without the ORM's per-row expression building.
+
+``QuerySet.bulk_update`` turns every field of every row into a ``CASE WHEN pk =
+... THEN ...`` expression and compiles it in Python: profiled at 0 ms upstream
+latency, that was 80 % of a runner's CPU. Here each row is one parameterised
+UPDATE, sent with ``executemany`` (SQLite loops in C; psycopg 3 pipelines the
+statements in one round trip), and each keeps its own guard (the lease).
+"""
+
+from django.db import connections, router
+
+
+def update_each(objs, fields, **guard):
+    """Like ``QuerySet.filter(**guard).bulk_update(objs, fields)``: save ``fields``
+    of every instance in ``objs`` where its row still matches ``guard`` (equality
+    on concrete fields). Returns the number of rows changed."""
+    if not objs:
+        return 0
+    model = type(objs[0])
+    connection = connections[router.db_for_write(model)]
+    meta = model._meta
+    quote = connection.ops.quote_name
+    targets = [meta.get_field(name) for name in fields]
+    guards = [(meta.get_field(name), value) for name, value in guard.items()]
+    sql = "UPDATE {table} SET {assignments} WHERE {pk} = %s{guards}".format(
+        table=quote(meta.db_table),
+        assignments=", ".join(f"{quote(field.column)} = %s" for field in targets),
+        pk=quote(meta.pk.column),
+        guards="".join(f" AND {quote(field.column)} = %s" for field, _ in guards),
+    )
+    guard_params = [field.get_db_prep_value(value, connection) for field, value in guards]
+    params = [
+        [field.get_db_prep_save(getattr(obj, field.attname), connection) for field in targets]
+        + [meta.pk.get_db_prep_value(obj.pk, connection)]
+        + guard_params
+        for obj in objs
+    ]
+    with connection.cursor() as cursor:
+        cursor.executemany(sql, params)
+        return cursor.rowcount
