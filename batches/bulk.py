@@ -38,3 +38,23 @@ def update_each(objs, fields, **guard):
     with connection.cursor() as cursor:
         cursor.executemany(sql, params)
         return cursor.rowcount
+
+
+def insert_each(objs):
+    """Like ``bulk_create(objs)`` without returning primary keys: one INSERT per
+    instance, sent with ``executemany``. Validation stores every input line this way."""
+    if not objs:
+        return
+    model = type(objs[0])
+    connection = connections[router.db_for_write(model)]
+    meta = model._meta
+    quote = connection.ops.quote_name
+    targets = [field for field in meta.concrete_fields if not field.generated and field is not meta.auto_field]
+    sql = "INSERT INTO {table} ({columns}) VALUES ({values})".format(
+        table=quote(meta.db_table),
+        columns=", ".join(quote(field.column) for field in targets),
+        values=", ".join(["%s"] * len(targets)),
+    )
+    params = [[field.get_db_prep_save(field.pre_save(obj, True), connection) for field in targets] for obj in objs]
+    with connection.cursor() as cursor:
+        cursor.executemany(sql, params)

@@ -7,7 +7,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field, extend_schema_view, inline_serializer
 from rest_framework import serializers
 
-from files_app.schema import enum, errors, list_of, path_id, replace_view
+from files_app.schema import enum, errors, limit_parameter, list_of, path_id, replace_view
 
 from .models import Batch, BatchStatus, WebhookEndpoint, WebhookEventType
 from .validation import SUPPORTED_ENDPOINTS
@@ -89,6 +89,7 @@ OUTPUT_EXPIRES_AFTER = inline_serializer(
         "seconds": serializers.IntegerField(min_value=OUTPUT_EXPIRES_AFTER_RANGE[0], max_value=OUTPUT_EXPIRES_AFTER_RANGE[1]),
     },
     required=False,
+    allow_null=True,
 )
 
 CREATE_BATCH_REQUEST = inline_serializer(
@@ -122,7 +123,7 @@ documented_batch_views = extend_schema_view(
         operation_id="listBatches",
         summary="List batches",
         parameters=[
-            OpenApiParameter("limit", OpenApiTypes.INT, description="1 to 100 (default 20)."),
+            limit_parameter(maximum=100, default=20),
             OpenApiParameter("after", OpenApiTypes.STR, description="The id of the last batch of the previous page."),
         ],
         responses={200: list_of("ListBatchesResponse", BatchSerializer), **errors(400)},
@@ -189,7 +190,7 @@ documented_webhook_views = extend_schema_view(
         operation_id="listWebhookEndpoints",
         summary="List webhook endpoints",
         parameters=[
-            OpenApiParameter("limit", OpenApiTypes.INT, description="1 to 100 (default 20)."),
+            limit_parameter(maximum=100, default=20),
             OpenApiParameter("after", OpenApiTypes.STR, description="The id of the last endpoint of the previous page."),
         ],
         responses={200: list_of("ListWebhookEndpointsResponse", WebhookEndpointSerializer), **errors(400)},

@@ -12,7 +12,7 @@ from django.utils import timezone
 from files_app.conf import app_settings
 from files_app.models import File
 
-from . import lifecycle, upstream, webhooks
+from . import bulk, lifecycle, upstream, webhooks
 from .models import Batch, BatchRequest, BatchStatus, RequestStatus
 from .output import finalize_batch as _finalize_batch
 from .queue import enqueue
@@ -123,7 +123,7 @@ class InputValidation:
 
     def _write_rows(self):
         if self.pending_rows:
-            BatchRequest.objects.bulk_create(self.pending_rows, batch_size=ROWS_PER_INSERT)
+            bulk.insert_each(self.pending_rows)
             self.rows_written += len(self.pending_rows)
             self.pending_rows = []
 

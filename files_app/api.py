@@ -226,6 +226,8 @@ class OpenAIViewSet(viewsets.GenericViewSet):
     renderer_classes = [JSONRenderer]
     content_negotiation_class = IgnoreAcceptNegotiation
     pagination_class = None
+    # No OPTIONS: DRF's metadata for it needs serializers these views do not have.
+    http_method_names = [method for method in viewsets.GenericViewSet.http_method_names if method != "options"]
 
     def get_exception_handler(self):
         return exception_handler

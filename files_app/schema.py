@@ -9,6 +9,7 @@ here with response serializers and attached through an ``OpenApiViewExtension``
 from drf_spectacular.extensions import OpenApiAuthenticationExtension, OpenApiViewExtension
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
+    OpenApiExample,
     OpenApiParameter,
     extend_schema,
     extend_schema_field,
@@ -73,6 +74,12 @@ def enum(values, **kwargs):
     return EnumField(**kwargs)
 
 
+def limit_parameter(maximum, default):
+    return OpenApiParameter(
+        "limit", {"type": "integer", "minimum": 1, "maximum": maximum, "default": default}, description="Page size."
+    )
+
+
 def path_id(description):
     return OpenApiParameter("id", OpenApiTypes.STR, OpenApiParameter.PATH, description=description)
 
@@ -116,13 +123,18 @@ documented_file_views = extend_schema_view(
         summary="Upload a file",
         request={"multipart/form-data": CREATE_FILE_REQUEST},
         responses={200: OpenAIFileSerializer, **errors(400, 413, 415)},
+        examples=[
+            OpenApiExample(
+                "A user data file", value={"file": "hello\n", "purpose": "user_data"}, request_only=True, media_type="multipart/form-data"
+            )
+        ],
     ),
     list=extend_schema(
         operation_id="listFiles",
         summary="List files",
         parameters=[
             OpenApiParameter("purpose", OpenApiTypes.STR, description="Only files with this purpose."),
-            OpenApiParameter("limit", OpenApiTypes.INT, description="1 to 10,000 (default 10,000)."),
+            limit_parameter(maximum=10_000, default=10_000),
             OpenApiParameter("order", OpenApiTypes.STR, enum=["asc", "desc"], description="By created_at (default desc)."),
             OpenApiParameter("after", OpenApiTypes.STR, description="The id of the last file of the previous page."),
         ],

@@ -141,6 +141,10 @@ API_CASES = [
     ("put_batch", "put", "/v1/batches/batch_x", b"{}", "application/json", {}, 405),
     ("patch_file", "patch", "/v1/files/file-x", b"{}", "application/json", {}, 405),
     ("delete_batches", "delete", "/v1/batches", None, None, {}, 405),
+    ("options_batches", "options", "/v1/batches", b"{}", "application/json", {}, 405),
+    ("options_cancel", "options", "/v1/batches/batch_x/cancel", None, None, {}, 405),
+    ("options_files", "options", "/v1/files", None, None, {}, 405),
+    ("trace_file", "trace", "/v1/files/file-x", None, None, {}, 405),
 ]  # fmt: skip
 
 
