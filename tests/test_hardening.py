@@ -24,7 +24,7 @@ from rest_framework.test import APIClient
 
 from batches import tasks
 from batches.models import Batch, BatchStatus, WebhookEndpoint
-from files_app.models import ApiKey, File
+from files_app.models import File
 from files_app.views import FileViewSet, clean_filename
 from tests.conftest import chat_line, jsonl
 
