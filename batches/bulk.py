@@ -7,7 +7,7 @@ UPDATE, sent with ``executemany`` (SQLite loops in C; psycopg 3 pipelines the
 statements in one round trip), and each keeps its own guard (the lease).
 """
 
-from django.db import connections, router
+from django.db import connections, router, transaction
 
 
 def update_each(objs, fields, **guard):
@@ -35,7 +35,8 @@ def update_each(objs, fields, **guard):
         + guard_params
         for obj in objs
     ]
-    with connection.cursor() as cursor:
+    # One transaction: in autocommit mode SQLite would commit every statement.
+    with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
         cursor.executemany(sql, params)
         return cursor.rowcount
 
@@ -56,5 +57,5 @@ def insert_each(objs):
         values=", ".join(["%s"] * len(targets)),
     )
     params = [[field.get_db_prep_save(field.pre_save(obj, True), connection) for field in targets] for obj in objs]
-    with connection.cursor() as cursor:
+    with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
         cursor.executemany(sql, params)

@@ -449,7 +449,8 @@ class BatchRunner:
             if allowed <= 0:
                 return []
             # Rows of a dead runner first (their lease ran out), then pending rows in file order.
-            ids = list(rows.filter(status=RequestStatus.RUNNING, lease_expires_at__lte=now).values_list("pk", flat=True)[:allowed])
+            # (order_by(): Meta.ordering would join the batch table to sort by it.)
+            ids = list(rows.filter(status=RequestStatus.RUNNING, lease_expires_at__lte=now).order_by().values_list("pk", flat=True)[:allowed])
             if len(ids) < allowed:
                 ids += list(
                     rows.filter(status=RequestStatus.PENDING)
@@ -459,7 +460,9 @@ class BatchRunner:
                 )
             if not ids:
                 return []
-            rows.filter(pk__in=ids).claimable(now).update(
+            # By primary key alone: with batch_id too, SQLite walks the batch's whole index.
+            picked = BatchRequest.objects.filter(pk__in=ids).order_by()
+            picked.claimable(now).update(
                 status=RequestStatus.RUNNING,
                 lease_owner=self.owner,
                 lease_expires_at=now + self.lease,
@@ -467,7 +470,7 @@ class BatchRunner:
                 not_before=None,
                 started_at=now,
             )
-            return list(rows.filter(pk__in=ids, lease_owner=self.owner, status=RequestStatus.RUNNING).values_list("pk", "attempts", "body"))
+            return list(picked.filter(lease_owner=self.owner, status=RequestStatus.RUNNING).values_list("pk", "attempts", "body"))
 
     def _claim_more(self):
         """Claim rows into the ready queue when the window has room; True if any were claimed."""

@@ -5,6 +5,8 @@ import email.utils
 import json
 import logging
 import time
+import urllib.parse
+import urllib.request
 
 import aiohttp
 import openai
@@ -57,6 +59,7 @@ class UpstreamClient:
         self.url = route.base_url.rstrip("/")
         self.api_key = route.api_key or "none"
         self.max_connections = max_connections
+        self.proxy = env_proxy(self.url)
         self.session = None
 
     def _session(self):
@@ -66,19 +69,29 @@ class UpstreamClient:
                 connector=aiohttp.TCPConnector(limit=self.max_connections),
                 headers={"Authorization": f"Bearer {self.api_key}", "Content-Type": "application/json", "Accept": "application/json"},
                 timeout=aiohttp.ClientTimeout(total=app_settings.UPSTREAM_TIMEOUT),
-                trust_env=True,  # HTTP(S)_PROXY, as the SDK honours them
             )
         return self.session
 
     async def post(self, path: str, body: dict):
         """``(status, headers, content)`` of one POST; raises aiohttp/timeout errors."""
         payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
-        async with self._session().post(f"{self.url}/{path.lstrip('/')}", data=payload) as response:
+        async with self._session().post(f"{self.url}/{path.lstrip('/')}", data=payload, proxy=self.proxy) as response:
             return response.status, response.headers, await response.read()
 
     async def close(self):
         if self.session is not None:
             await self.session.close()
+
+
+def env_proxy(url):
+    """The HTTP(S)_PROXY for ``url`` (NO_PROXY honoured), as the SDK would use it.
+
+    Looked up once per client: aiohttp's ``trust_env`` repeats the lookup (and
+    reads ~/.netrc) in a thread on every request, a third of a call's CPU."""
+    parts = urllib.parse.urlsplit(url)
+    if urllib.request.proxy_bypass(parts.hostname or ""):
+        return None
+    return urllib.request.getproxies().get(parts.scheme)
 
 
 def async_client(route: Route, max_connections: int) -> UpstreamClient:

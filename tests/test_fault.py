@@ -233,7 +233,6 @@ STACK_ENV = {
     "BATCHES_SHUTDOWN_GRACE_SECONDS": "5",
     "BATCHES_LOG_LEVEL": "INFO",
 }
-WINDOW = 64  # MAX_CONCURRENT_REQUESTS_PER_BATCH (default)
 
 
 def record(name, **figures):
@@ -374,9 +373,9 @@ def test_sigkill_three_times_loses_and_repeats_nothing_beyond_in_flight(stack, f
     assert errors == []
     repeated, counts = repeated_calls(fake, "kill")
     assert len(counts) == count
-    # Only requests claimed (in flight, or answered but not yet written) when a worker died run twice.
+    # Only requests claimed and not yet written when a worker died (in flight, or answered
+    # but not flushed) run twice.
     in_flight = sum(kill["in_flight"] for kill in kills)
-    assert in_flight <= len(kills) * WINDOW
     assert repeated <= in_flight
     record("sigkill_x3", seed=seed, lines=count, kills=kills, repeated_upstream_calls=repeated, in_flight_at_kills=in_flight,
            output_lines=len(output), error_lines=len(errors), total_s=round(time.monotonic() - started, 1))
