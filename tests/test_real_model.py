@@ -130,6 +130,18 @@ def test_a_model_server_that_cannot_start_explains_how_to_use_another_upstream(t
     assert str(tmp_path / "server.log") in message
 
 
+def test_the_services_environment_does_not_reconfigure_the_model_server(tmp_path, monkeypatch):
+    # llama_cpp.server would take PORT over --port (make run's PORT is gunicorn's)
+    # and API_KEY as a key every request must carry.
+    monkeypatch.setenv("PORT", str(free_port()))
+    monkeypatch.setenv("API_KEY", "meant-for-something-else")
+    server = local_model.LocalModel(tmp_path / "server.log").start()
+    try:
+        assert server.wait_until_ready(timeout=60).served_models() == {MODEL}
+    finally:
+        server.stop()
+
+
 def test_make_run_without_upstream_serves_a_batch_with_the_local_model(tmp_path):
     """What a newcomer does: `make run` with nothing configured, then the SDK; then Ctrl-C."""
     port = free_port()
