@@ -34,7 +34,7 @@ from django.utils import timezone
 
 from files_app.conf import app_settings
 
-from . import bulk, lifecycle, ratelimit, upstream
+from . import bulk, claims, lifecycle, ratelimit, upstream
 from .models import Batch, BatchRequest, BatchStatus, RequestStatus
 from .output import finalize_batch
 from .queue import enqueue
@@ -207,6 +207,7 @@ class BatchRunner:
     def __init__(self, batch_id):
         self.batch_id = batch_id
         self.owner = lifecycle.worker_id()
+        self.claimer = claims.Claimer(batch_id, self.owner)
         self.window = app_settings.MAX_CONCURRENT_REQUESTS_PER_BATCH
         self.lease = timedelta(seconds=app_settings.LEASE_SECONDS)
         self.heartbeat_every = max(0.5, app_settings.LEASE_SECONDS / 4)
@@ -437,40 +438,7 @@ class BatchRunner:
 
     def _claim(self, wanted):
         now = timezone.now()
-        rows = BatchRequest.objects.filter(batch_id=self.batch_id)
-        with transaction.atomic():
-            # Serialises claimers of this batch (a no-op on SQLite, whose IMMEDIATE
-            # transactions are serialised already), so the per-batch limit holds.
-            status = Batch.objects.select_for_update().filter(pk=self.batch_id).values_list("status", flat=True).first()
-            if status != BatchStatus.IN_PROGRESS:
-                return []
-            # Our finished but not yet flushed results still hold leases: they are not in flight.
-            allowed = min(wanted, self.window - rows.live_leases(now).count() + len(self.results))
-            if allowed <= 0:
-                return []
-            # Rows of a dead runner first (their lease ran out), then pending rows in file order.
-            # (order_by(): Meta.ordering would join the batch table to sort by it.)
-            ids = list(rows.filter(status=RequestStatus.RUNNING, lease_expires_at__lte=now).order_by().values_list("pk", flat=True)[:allowed])
-            if len(ids) < allowed:
-                ids += list(
-                    rows.filter(status=RequestStatus.PENDING)
-                    .exclude(not_before__gt=now)
-                    .order_by("line")
-                    .values_list("pk", flat=True)[: allowed - len(ids)]
-                )
-            if not ids:
-                return []
-            # By primary key alone: with batch_id too, SQLite walks the batch's whole index.
-            picked = BatchRequest.objects.filter(pk__in=ids).order_by()
-            picked.claimable(now).update(
-                status=RequestStatus.RUNNING,
-                lease_owner=self.owner,
-                lease_expires_at=now + self.lease,
-                attempts=F("attempts") + 1,
-                not_before=None,
-                started_at=now,
-            )
-            return list(picked.filter(lease_owner=self.owner, status=RequestStatus.RUNNING).values_list("pk", "attempts", "body"))
+        return self.claimer.claim(wanted, window=self.window, unflushed=len(self.results), now=now, lease_until=now + self.lease)
 
     def _claim_more(self):
         """Claim rows into the ready queue when the window has room; True if any were claimed."""

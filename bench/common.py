@@ -32,9 +32,12 @@ MODEL = "fake-model"
 MIB = 1024 * 1024
 
 
-def parse_args(description, **defaults):
-    """The options every benchmark takes; ``defaults`` overrides their defaults."""
+def parse_args(description, extra=(), **defaults):
+    """The options every benchmark takes, plus ``extra`` ``(flag, kwargs)`` pairs;
+    ``defaults`` overrides their defaults."""
     parser = argparse.ArgumentParser(description=description)
+    for flag, options in extra:
+        parser.add_argument(flag, **options)
     parser.add_argument("--lines", type=int, default=defaults.get("lines", 10_000))
     parser.add_argument("--latency-ms", type=float, default=defaults.get("latency_ms", 0.0))
     parser.add_argument("--concurrency", type=int, default=defaults.get("concurrency", 64), help="MAX_CONCURRENT_REQUESTS_PER_BATCH")
@@ -189,10 +192,12 @@ def batch_timestamps(stack, batch_id):
 
 
 class WorkerMemory:
-    """Samples the resident memory of every qcluster process and its children.
+    """Samples the memory of every qcluster process and its children.
 
-    Per process, the kernel's own high-water mark (VmHWM) is kept, so a peak
-    between two samples is not missed; the sum is sampled."""
+    Per process, the kernel's own high-water mark of resident memory (VmHWM) is
+    kept, so a peak between two samples is not missed. For the whole cluster the
+    proportional set size (PSS) is summed: pages the forked processes share are
+    counted once, where a sum of RSS would count them once per process."""
 
     def __init__(self, stack, every=0.1):
         import psutil
@@ -201,7 +206,7 @@ class WorkerMemory:
         self.roots = [psutil.Process(proc.pid) for proc in stack.workers]
         self.every = every
         self.peak_by_pid = {}
-        self.peak_sum = 0
+        self.peak_pss = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -227,19 +232,18 @@ class WorkerMemory:
             self._stop.wait(self.every)
 
     def sample(self):
-        total = 0
+        pss = 0
         for proc in self._processes():
             try:
-                rss = proc.memory_info().rss
-                peak = _vm_hwm(proc.pid) or rss
+                pss += proc.memory_full_info().pss
+                peak = _vm_hwm(proc.pid) or proc.memory_info().rss
             except (self.psutil.NoSuchProcess, self.psutil.AccessDenied):
                 continue
-            total += rss
             self.peak_by_pid[proc.pid] = max(self.peak_by_pid.get(proc.pid, 0), peak)
-        self.peak_sum = max(self.peak_sum, total)
+        self.peak_pss = max(self.peak_pss, pss)
 
     def result(self):
-        return {"peak_process_mib": max(self.peak_by_pid.values()) / MIB, "peak_sum_mib": self.peak_sum / MIB, "processes": len(self.peak_by_pid)}
+        return {"peak_process_mib": max(self.peak_by_pid.values()) / MIB, "peak_total_pss_mib": self.peak_pss / MIB, "processes": len(self.peak_by_pid)}
 
 
 def _vm_hwm(pid):
@@ -279,3 +283,32 @@ def save(name, result, path=None):
     result = {"benchmark": name, "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(), **result}
     path.write_text(json.dumps(result, indent=2) + "\n")
     return path
+
+
+# --- what the machine allows without us -------------------------------------------------
+
+
+def bare_client_rate(base_url, concurrency, requests):
+    """Requests a second a bare aiohttp client gets from the fake upstream with
+    ``concurrency`` calls in flight: the ceiling of this machine, whatever the
+    orchestrator does (its fake upstream and the client share the same cores)."""
+    import asyncio
+
+    import aiohttp
+
+    body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16}).encode()
+
+    async def run():
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+            slots = asyncio.Semaphore(concurrency)
+
+            async def call():
+                async with slots, session.post(f"{base_url}/chat/completions", data=body, headers={"Content-Type": "application/json"}) as response:
+                    await response.read()
+
+            await asyncio.gather(*(call() for _ in range(concurrency)))  # connections open before timing
+            started = time.perf_counter()
+            await asyncio.gather(*(call() for _ in range(requests)))
+            return requests / (time.perf_counter() - started)
+
+    return asyncio.run(run())

@@ -94,7 +94,7 @@ class InstallProgress:
     def feed(self, line):
         if line.startswith((b"Collecting ", b"Successfully installed", b"ERROR")):
             self.say(line.decode(errors="replace").split(" (from ")[0].strip())
-        elif line.startswith(b"  Building wheel for"):
+        elif line.startswith(b"  Building wheel for llama-cpp-python") and line.rstrip().endswith(b"started"):
             self.say("Compiling llama-cpp-python...")
         elif match := NINJA_STEP.match(line):
             done, total = int(match[1]), int(match[2])
@@ -154,7 +154,8 @@ class LocalModel:
                 [sys.executable, "-m", "llama_cpp.server", "--model", str(path), "--model_alias", MODEL_ALIAS,
                  "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", str(CONTEXT_TOKENS),
                  "--chat_format", CHAT_FORMAT, "--verbose", "False"],
-                cwd=ROOT, env=server_environment(), stdout=log, stderr=subprocess.STDOUT,
+                # Own session: stopped by stop(), not by a Ctrl-C meant for the caller.
+                cwd=ROOT, env=server_environment(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
         return self
 

@@ -39,12 +39,13 @@ def start_local_model():
     """Install (once) and start the local model; it loads while migrations run."""
     local_model.ensure_installed(VAR_DIR / "local-model-install.log")
     print("Starting the local model (llama.cpp, Gemma 3 270M)...", flush=True)
-    return local_model.LocalModel(VAR_DIR / "local-model.log").start()
+    model = local_model.LocalModel(VAR_DIR / "local-model.log").start()
+    os.environ["BATCHES_UPSTREAM_BASE_URL"] = model.base_url  # for every child from here on
+    return model
 
 
-def use_local_model(model):
+def wait_for_local_model(model):
     model.wait_until_ready()
-    os.environ["BATCHES_UPSTREAM_BASE_URL"] = model.base_url
     print(
         f"Local model ready at {model.base_url} (log: {model.log_path}).\n"
         f'  Batch lines use "model": "{local_model.MODEL_ALIAS}". '
@@ -62,7 +63,7 @@ def main():
         manage("collectstatic", "--no-input", "-v0")
         ensure_api_key()
         if model:
-            use_local_model(model)
+            wait_for_local_model(model)
     except BaseException as exc:  # never leave the model server behind
         if model:
             model.stop()
@@ -71,17 +72,7 @@ def main():
         if isinstance(exc, KeyboardInterrupt):
             sys.exit(130)
         raise
-    children = [
-        subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "project.wsgi", "-b", f"0.0.0.0:{port}", "-w", os.environ.get("WEB_CONCURRENCY", "2"),
-             "--threads", "4", "--access-logfile", "-"],
-            cwd=ROOT,
-        ),
-        subprocess.Popen([sys.executable, "manage.py", "qcluster"], cwd=ROOT),
-    ]
-    if model:
-        children.append(model.process)
-    print(f"Serving the API on http://127.0.0.1:{port}/v1 and the admin on http://127.0.0.1:{port}/admin/ (Ctrl-C stops).")
+    children = [model.process] if model else []
 
     def stop(*_):
         for child in children:
@@ -96,6 +87,17 @@ def main():
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+    # Own sessions: a terminal's Ctrl-C reaches only this launcher, which signals
+    # each child once (a qcluster hit by SIGINT and SIGTERM together orphans its workers).
+    children += [
+        subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "project.wsgi", "-b", f"0.0.0.0:{port}", "-w", os.environ.get("WEB_CONCURRENCY", "2"),
+             "--threads", "4", "--access-logfile", "-"],
+            cwd=ROOT, start_new_session=True,
+        ),
+        subprocess.Popen([sys.executable, "manage.py", "qcluster"], cwd=ROOT, start_new_session=True),
+    ]
+    print(f"Serving the API on http://127.0.0.1:{port}/v1 and the admin on http://127.0.0.1:{port}/admin/ (Ctrl-C stops).")
     while all(child.poll() is None for child in children):
         time.sleep(0.5)
     print("A server process exited; stopping.", file=sys.stderr)

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import urllib.request
+from pathlib import Path
 
 import openai
 import pytest
@@ -177,5 +178,19 @@ def test_make_run_without_upstream_serves_a_batch_with_the_local_model(tmp_path)
             os.killpg(serve.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches the whole process group
         returncode = serve.wait(timeout=90)
     assert returncode == 0, log_path.read_text()
+    assert processes_with_env(f"VAR_DIR={tmp_path}") == [], "make run left processes behind"
     with pytest.raises(OSError):  # the model server went down with the rest
         urllib.request.urlopen(f"{model_url}/models", timeout=2)
+
+
+def processes_with_env(entry):
+    """Pids of live processes whose environment holds ``entry`` (NAME=value): every
+    process `make run` starts, however deep, inherits its VAR_DIR."""
+    wanted, found = entry.encode(), []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and wanted in (proc / "environ").read_bytes().split(b"\0"):
+                found.append(int(proc.name))
+        except OSError:  # exited meanwhile, or not ours to read
+            continue
+    return found

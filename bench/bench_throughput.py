@@ -1,0 +1,66 @@
+"""Benchmark 1: throughput against a 50 ms upstream with a per-batch concurrency of
+64, 10,000 lines. Little's law gives the ideal: 64 requests in flight / 0.05 s =
+1,280 lines/s. Target: the run phase (in_progress -> finalizing) at >= 90 % of it.
+
+    .venv/bin/python bench/bench_throughput.py [--lines 10000] [--latency-ms 50] [--concurrency 64] [--db postgres]
+"""
+
+import common
+
+TARGET_SHARE = 0.90
+
+
+def measure(args, during=None):
+    ideal = args.concurrency / (args.latency_ms / 1000)
+    runs = []
+    with common.UpstreamProcess(latency_ms=args.latency_ms) as upstream:
+        baseline = common.bare_client_rate(upstream.base_url, args.concurrency, min(args.lines, 5000))
+        for _ in range(args.repeat):
+            with common.live_stack(upstream.base_url, db=args.db, redis=args.redis, concurrency=args.concurrency) as stack:
+                upstream.reset()
+                load_before = common.load_average()
+                run = common.run_batch(stack, args.lines, during=during)
+                stats = upstream.stats()
+                run["lines_per_s"] = args.lines / run["run_s"]
+                run["share_of_ideal"] = run["lines_per_s"] / ideal
+                run["end_to_end_lines_per_s"] = args.lines / run["upload_to_completed_s"]
+                run["upstream_max_in_flight"] = stats["max_in_flight"]
+                run["upstream_requests"] = stats["requests_total"]
+                run["load_before"], run["load_after"] = load_before, common.load_average()
+                runs.append(run)
+    best = max(runs, key=lambda run: run["lines_per_s"])
+    return {
+        "params": {"lines": args.lines, "latency_ms": args.latency_ms, "concurrency": args.concurrency, "db": args.db, "redis": bool(args.redis)},
+        "ideal_lines_per_s": ideal,
+        "bare_client_lines_per_s": baseline,
+        "runs": runs,
+        "best": best,
+        "target_share": TARGET_SHARE,
+        "met": best["share_of_ideal"] >= TARGET_SHARE,
+    }
+
+
+def report(result):
+    best, params = result["best"], result["params"]
+    common.print_table(
+        f"Benchmark 1: throughput, {params['lines']:,} lines, {params['latency_ms']:g} ms upstream, concurrency {params['concurrency']} ({params['db']})",
+        ["measure", "value"],
+        [
+            ("run phase lines/s", f"{best['lines_per_s']:,.0f}"),
+            ("ideal lines/s (concurrency / latency)", f"{result['ideal_lines_per_s']:,.0f}"),
+            ("share of ideal", f"{100 * best['share_of_ideal']:.1f} %"),
+            ("bare aiohttp client, same upstream (machine's ceiling)", f"{result['bare_client_lines_per_s']:,.0f} ({100 * result['bare_client_lines_per_s'] / result['ideal_lines_per_s']:.1f} %)"),
+            ("upstream max in flight", best["upstream_max_in_flight"]),
+            ("upload to completed lines/s", f"{best['end_to_end_lines_per_s']:,.0f}"),
+            ("validate / run / finalize s", f"{best['validate_s']:.2f} / {best['run_s']:.2f} / {best['finalize_s']:.2f}"),
+        ],
+    )
+    print(f"share of ideal: {100 * best['share_of_ideal']:.1f} % (target >= {100 * result['target_share']:.0f} %) "
+          f"{'MET' if result['met'] else 'NOT MET'}; load average {best['load_before']} -> {best['load_after']}")
+
+
+if __name__ == "__main__":
+    args = common.parse_args(__doc__.splitlines()[0], lines=10_000, latency_ms=50.0)
+    result = measure(args)
+    report(result)
+    print("results:", common.save("throughput", result, args.json))
