@@ -17,6 +17,7 @@ across processes and hosts.
 
 from django.db import connections, router, transaction
 
+from . import bulk
 from .models import Batch, BatchRequest, BatchStatus, RequestStatus
 
 
@@ -64,6 +65,7 @@ class Claimer:
         connection = connections[self.alias]
         at, until = connection.ops.adapt_datetimefield_value(now), connection.ops.adapt_datetimefield_value(lease_until)
         with transaction.atomic(using=self.alias), connection.cursor() as cursor:
+            bulk.relax_commit(self.alias)
             cursor.execute(self.status_sql, [self.batch_id])
             row = cursor.fetchone()
             if row is None or row[0] != BatchStatus.IN_PROGRESS:

@@ -556,6 +556,7 @@ class BatchRunner:
         result_fields = ["status", "status_code", "upstream_request_id", "response_body", "error", "lease_owner", "lease_expires_at", "finished_at"]
         try:
             with transaction.atomic():
+                bulk.relax_commit()
                 done_ok = bulk.update_each(succeeded, result_fields, **lease)
                 done_failed = bulk.update_each(failed, result_fields, **lease)
                 bulk.update_each(retry, result_fields + ["attempts", "not_before"], **lease)

@@ -142,8 +142,8 @@ def run_batch(stack, lines, *, poll=0.05, timeout=1800, during=None):
     upload = client.files.create(file=("bench.jsonl", io.BytesIO(payload), "application/jsonl"), purpose="batch")
     batch = client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h")
     created = time.time()
-    if during:
-        during.start(batch.id)
+    if during:  # e.g. benchmark 4's poller: start(stack, batch_id), stop()
+        during.start(stack, batch.id)
 
     def finished():
         current = client.batches.retrieve(batch.id)
