@@ -17,7 +17,9 @@ def measure(args):
         for _ in range(args.repeat):
             with common.live_stack(upstream.base_url, db=args.db, redis=args.redis, concurrency=args.concurrency) as stack:
                 load_before = common.load_average()
-                run = common.run_batch(stack, args.lines)
+                with common.CpuUse(stack) as cpu:
+                    run = common.run_batch(stack, args.lines)
+                run.update(cpu.result)
                 run["lines_per_s"] = args.lines / run["upload_to_completed_s"]
                 run["load_before"], run["load_after"] = load_before, common.load_average()
                 runs.append(run)
@@ -42,6 +44,7 @@ def report(result):
                                ("upload to completed", "upload_to_completed_s"))
         ],
     )
+    print(f"worker CPU {1000 * best['workers_cpu_s'] / result['params']['lines']:.2f} ms/line; machine busy {100 * best['machine_busy_share']:.0f} %")
     print(f"lines/s upload to completed: {best['lines_per_s']:,.0f} (target >= {result['target']:,}) "
           f"{'MET' if result['met'] else 'NOT MET'}; load average {best['load_before']} -> {best['load_after']}")
 

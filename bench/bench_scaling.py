@@ -24,7 +24,9 @@ def measure(args):
                 with common.live_stack(upstream.base_url, db=args.db, redis=args.redis, concurrency=args.concurrency,
                                        workers=processes, run_tasks=processes) as stack:
                     load_before = common.load_average()
-                    run = common.run_batch(stack, args.lines)
+                    with common.CpuUse(stack) as cpu:
+                        run = common.run_batch(stack, args.lines)
+                    run.update(cpu.result)
                     run["lines_per_s"] = args.lines / run["run_s"]
                     run["end_to_end_lines_per_s"] = args.lines / run["upload_to_completed_s"]
                     run["load_before"], run["load_after"] = load_before, common.load_average()
@@ -47,8 +49,9 @@ def report(result):
     common.print_table(
         f"Benchmark 5: worker processes on one batch, {params['lines']:,} lines at {params['latency_ms']:g} ms ({params['db']}"
         f"{' + Redis' if params['redis'] else ''})",
-        ["worker processes", "run phase lines/s", "upload to completed lines/s", "load"],
+        ["worker processes", "run phase lines/s", "upload to completed lines/s", "worker CPU ms/line", "machine busy", "load"],
         [(n, f"{result[key]['lines_per_s']:,.0f}", f"{result[key]['end_to_end_lines_per_s']:,.0f}",
+          f"{1000 * result[key]['workers_cpu_s'] / params['lines']:.2f}", f"{100 * result[key]['machine_busy_share']:.0f} %",
           f"{result[key]['load_before']} -> {result[key]['load_after']}") for n, key in ((1, "one"), (2, "two"))],
     )
     print(f"speedup {result['speedup']:.2f}x (target >= {result['target_speedup']}x) {'MET' if result['met'] else 'NOT MET'}; "

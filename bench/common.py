@@ -131,11 +131,12 @@ def batch_input(lines):
     return out.getvalue()
 
 
-def run_batch(stack, lines, *, poll=0.05, timeout=1800, during=None):
+def run_batch(stack, lines, *, poll=0.5, timeout=1800, during=None):
     """Upload ``lines`` requests, create a batch and wait until it is completed.
 
     Returns the phases' durations in seconds, from the database's own timestamps
-    (the API's are whole seconds) and this process's clock for the upload."""
+    (the API's are whole seconds) and this process's clock for the upload. Polling is
+    slow on purpose: the web server shares the cores with the workers."""
     client = stack.client(timeout=600)
     payload = batch_input(lines)
     started = time.time()
@@ -312,3 +313,43 @@ def bare_client_rate(base_url, concurrency, requests):
             return requests / (time.perf_counter() - started)
 
     return asyncio.run(run())
+
+
+class CpuUse:
+    """CPU seconds the worker processes used, and how busy the whole machine was,
+    between ``__enter__`` and ``__exit__``: tells a benchmark that is bound by the
+    machine's cores from one bound by waiting."""
+
+    def __init__(self, stack):
+        import psutil
+
+        self.psutil = psutil
+        self.stack = stack
+
+    def _worker_seconds(self):
+        total = 0.0
+        for proc in self.stack.workers:
+            try:
+                root = self.psutil.Process(proc.pid)
+                for member in [root, *root.children(recursive=True)]:
+                    times = member.cpu_times()
+                    total += times.user + times.system
+            except self.psutil.NoSuchProcess:
+                continue
+        return total
+
+    def __enter__(self):
+        self.started = time.perf_counter()
+        self.machine_before = self.psutil.cpu_times()
+        self.workers_before = self._worker_seconds()
+        return self
+
+    def __exit__(self, *exc):
+        elapsed = time.perf_counter() - self.started
+        after = self.psutil.cpu_times()
+        busy = sum(getattr(after, f) - getattr(self.machine_before, f) for f in ("user", "nice", "system", "irq", "softirq", "steal"))
+        self.result = {
+            "workers_cpu_s": self._worker_seconds() - self.workers_before,
+            "machine_busy_share": busy / (elapsed * (os.cpu_count() or 1)),
+            "elapsed_s": elapsed,
+        }

