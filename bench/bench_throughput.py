@@ -16,10 +16,13 @@ def measure(args, during=None):
     with common.UpstreamProcess(latency_ms=args.latency_ms) as upstream:
         baseline = common.bare_client_rate(upstream.base_url, args.concurrency, min(args.lines, 5000))
         for _ in range(args.repeat):
-            with common.live_stack(upstream.base_url, db=args.db, redis=args.redis, concurrency=args.concurrency) as stack:
+            with common.live_stack(upstream.base_url, db=args.db, redis=args.redis, concurrency=args.concurrency,
+                                   workers=max(2, args.run_tasks), run_tasks=args.run_tasks) as stack:
                 upstream.reset()
                 load_before = common.load_average()
-                run = common.run_batch(stack, args.lines, during=during)
+                with common.CpuUse(stack) as cpu:
+                    run = common.run_batch(stack, args.lines, during=during)
+                run.update(cpu.result)
                 stats = upstream.stats()
                 run["lines_per_s"] = args.lines / run["run_s"]
                 run["share_of_ideal"] = run["lines_per_s"] / ideal
@@ -30,7 +33,8 @@ def measure(args, during=None):
                 runs.append(run)
     best = max(runs, key=lambda run: run["lines_per_s"])
     return {
-        "params": {"lines": args.lines, "latency_ms": args.latency_ms, "concurrency": args.concurrency, "db": args.db, "redis": bool(args.redis)},
+        "params": {"lines": args.lines, "latency_ms": args.latency_ms, "concurrency": args.concurrency, "run_tasks": args.run_tasks,
+                   "db": args.db, "redis": bool(args.redis)},
         "ideal_lines_per_s": ideal,
         "bare_client_lines_per_s": baseline,
         "runs": runs,
@@ -43,7 +47,8 @@ def measure(args, during=None):
 def report(result):
     best, params = result["best"], result["params"]
     common.print_table(
-        f"Benchmark 1: throughput, {params['lines']:,} lines, {params['latency_ms']:g} ms upstream, concurrency {params['concurrency']} ({params['db']})",
+        f"Benchmark 1: throughput, {params['lines']:,} lines, {params['latency_ms']:g} ms upstream, concurrency {params['concurrency']}, "
+        f"{params['run_tasks']} run task(s) ({params['db']})",
         ["measure", "value"],
         [
             ("run phase lines/s", f"{best['lines_per_s']:,.0f}"),
@@ -52,6 +57,7 @@ def report(result):
             ("bare aiohttp client, same upstream (machine's ceiling)", f"{result['bare_client_lines_per_s']:,.0f} ({100 * result['bare_client_lines_per_s'] / result['ideal_lines_per_s']:.1f} %)"),
             ("upstream max in flight", best["upstream_max_in_flight"]),
             ("upload to completed lines/s", f"{best['end_to_end_lines_per_s']:,.0f}"),
+            ("worker CPU per line, machine busy", f"{1000 * best['workers_cpu_s'] / params['lines']:.2f} ms, {100 * best['machine_busy_share']:.0f} %"),
             ("validate / run / finalize s", f"{best['validate_s']:.2f} / {best['run_s']:.2f} / {best['finalize_s']:.2f}"),
         ],
     )

@@ -46,6 +46,7 @@ def parse_args(description, extra=(), **defaults):
         help="postgres creates a fresh database through TEST_DATABASE_URL (default %s)" % PG_DEFAULT_URL,
     )
     parser.add_argument("--redis", default=defaults.get("redis"), help="BATCHES_REDIS_URL: the Redis broker and cache")
+    parser.add_argument("--run-tasks", type=int, default=defaults.get("run_tasks", 1), help="RUN_TASKS_PER_BATCH (worker processes sharing the batch)")
     parser.add_argument("--repeat", type=int, default=defaults.get("repeat", 1), help="runs; the best one is reported")
     parser.add_argument("--json", default=None, help="where to write the results (default bench/results/<name>.json)")
     return parser.parse_args()

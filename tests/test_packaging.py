@@ -1,5 +1,5 @@
 """The wheel: what it ships, and that it drops into a fresh Django site exactly
-as docs/install.md ("Add to an existing Django site") says.
+as README.md ("Add to an existing Django site") says.
 
 The install test runs the marked blocks of that section verbatim in a fresh
 ``django-admin startproject`` site and a fresh virtualenv, then runs a batch
@@ -32,7 +32,7 @@ from tests.live import free_port, wait_until
 pytestmark = pytest.mark.packaging
 
 ROOT = Path(__file__).resolve().parent.parent
-INSTALL_DOC = ROOT / "docs" / "install.md"
+INSTALL_DOC = ROOT / "README.md"
 PACKAGES = ("files_app", "batches")
 # Files of a package that are not code but must ship (setuptools package-data).
 PACKAGE_DATA_DIRS = ("templates", "static")
@@ -101,7 +101,7 @@ def test_wheel_metadata_declares_django_5_2_and_6(wheel):
 
 
 def doc_blocks(kind):
-    """The code blocks of docs/install.md marked ``<!-- wheel-test: KIND -->``, in order."""
+    """The code blocks of README.md marked ``<!-- wheel-test: KIND -->``, in order."""
     text = INSTALL_DOC.read_text()
     return re.findall(rf"<!-- wheel-test: {re.escape(kind)} -->\s*```[a-z]*\n(.*?)```", text, flags=re.S)
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The wheel in a fresh Django site, set up exactly as docs/install.md says, running a
+# The wheel in a fresh Django site, set up exactly as README.md ("Add to an existing Django site") says, running a
 # batch end to end with the SDK: Python 3.11 + Django 5.2, then Python 3.12 + Django 6.x.
 # The fresh virtualenvs install from PyPI (through pip's cache).
 set -euo pipefail
