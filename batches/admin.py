@@ -431,28 +431,17 @@ class BatchAdmin(admin.ModelAdmin):
             else:
                 earlier = f"; already retried {batch.retries.count()}×" if batch.retries.exists() else ""
                 eligible.append((batch, f"{batch.status}: {batch.retryable} failed, cancelled or expired of {batch.total_requests}{earlier}"))
-        if request.POST.get("post") == "yes":
-            created = []
-            for batch, _ in eligible:
-                try:
-                    created.append((operations.retry_failed_requests(batch, request.user), batch))
-                except operations.NotAllowed as exc:
-                    refused.append((batch, str(exc)))
-            self._report_created(request, created, "Retrying the failed requests")
-            report_refused(self, request, "retried", refused)
-            return None
-        if not eligible:
-            report_refused(self, request, "retried", refused)
-            return None
-        return confirmation_page(
-            self,
+        return self._confirm_then_create(
             request,
+            eligible,
+            refused,
+            create=operations.retry_failed_requests,
+            created_label="Retrying the failed requests",
+            refused_verb="retried",
             action="retry_failed_requests",
             question="Retry the failed, cancelled and expired requests of these batches?",
             consequence="Each gets a new batch for the same owner, endpoint and metadata, linked to it, which is validated and run as usual.",
             button="Yes, retry them",
-            eligible=eligible,
-            refused=refused,
         )
 
     @admin.action(description="Re-run selected failed batches with the same input", permissions=["change"])
@@ -466,29 +455,36 @@ class BatchAdmin(admin.ModelAdmin):
             else:
                 first_error = (batch.errors or [{}])[0]
                 eligible.append((batch, f"failed: {first_error.get('code', 'unknown')} — {first_error.get('message', '')}"))
-        if request.POST.get("post") == "yes":
-            created = []
-            for batch, _ in eligible:
-                try:
-                    created.append((operations.rerun(batch, request.user), batch))
-                except operations.NotAllowed as exc:
-                    refused.append((batch, str(exc)))
-            self._report_created(request, created, "Re-running")
-            report_refused(self, request, "re-run", refused)
-            return None
-        if not eligible:
-            report_refused(self, request, "re-run", refused)
-            return None
-        return confirmation_page(
-            self,
+        return self._confirm_then_create(
             request,
+            eligible,
+            refused,
+            create=operations.rerun,
+            created_label="Re-running",
+            refused_verb="re-run",
             action="rerun_batches",
             question="Re-run these failed batches with the same input file?",
             consequence="Use this when a batch failed for a reason outside its input, e.g. the upstream was unreachable during validation.",
             button="Yes, re-run them",
-            eligible=eligible,
-            refused=refused,
         )
+
+    def _confirm_then_create(self, request, eligible, refused, *, create, created_label, refused_verb, **page):
+        """Shared flow of the actions that create new batches: confirmation page first,
+        then ``create(batch, user)`` for each eligible batch, reporting what was refused."""
+        if request.POST.get("post") == "yes":
+            created = []
+            for batch, _ in eligible:
+                try:
+                    created.append((create(batch, request.user), batch))
+                except operations.NotAllowed as exc:
+                    refused.append((batch, str(exc)))
+            self._report_created(request, created, created_label)
+            report_refused(self, request, refused_verb, refused)
+            return None
+        if not eligible:
+            report_refused(self, request, refused_verb, refused)
+            return None
+        return confirmation_page(self, request, eligible=eligible, refused=refused, **page)
 
     def _report_created(self, request, created, what):
         if created:

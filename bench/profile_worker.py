@@ -2,7 +2,7 @@
 functions that cost the most (own time, and time including callees).
 
     .venv/bin/pip install py-spy
-    .venv/bin/python bench/profile_worker.py [--lines 20000] [--latency-ms 0] [--db postgres] [--idle]
+    .venv/bin/python bench/profile_worker.py [--lines 20000] [--latency-ms 0] [--db postgres] [--gil | --idle]
 
 py-spy samples every qcluster process and its children (it needs ptrace: root,
 or kernel.yama.ptrace_scope=0). The raw stacks are kept in bench/results/ for
@@ -27,6 +27,7 @@ def main():
     parser.add_argument("--db", choices=("sqlite", "postgres"), default="sqlite")
     parser.add_argument("--redis", default=None)
     parser.add_argument("--idle", action="store_true", help="count waiting threads too (where time goes, not only CPU)")
+    parser.add_argument("--gil", action="store_true", help="only the thread holding the GIL (what the Python code costs)")
     parser.add_argument("--top", type=int, default=25)
     args = parser.parse_args()
     py_spy = shutil.which("py-spy") or str(common.ROOT / ".venv" / "bin" / "py-spy")
@@ -38,6 +39,8 @@ def main():
                        "--pid", str(stack.workers[0].pid)]
             if args.idle:
                 command.append("--idle")
+            if args.gil:
+                command.append("--gil")
             recorder = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             time.sleep(1)
             run = common.run_batch(stack, args.lines)
