@@ -110,6 +110,7 @@ def plot(results):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     figure, axes = plt.subplots(2, 3, figsize=(15, 8.5))
     axes = axes.flatten()
@@ -159,6 +160,9 @@ def plot(results):
         ax.axvline(r["target_p99_ms"], color="black", linestyle="--", label="target: p99 < 50 ms")
         ax.axhline(99, color=grey, linestyle=":")
         ax.set_xscale("log")
+        ticks = [t for t in (2, 5, 10, 20, 50, 100, 200, 500, 1000) if latencies[0] / 2 <= t <= latencies[-1] * 2]
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_title(f"4. GET /v1/batches/{{id}}: p50 {r['p50_ms']:.1f}, p99 {r['p99_ms']:.1f} ms")
         ax.set_xlabel("ms (log)")
         ax.set_ylabel("% of requests")
