@@ -10,8 +10,14 @@ import urllib.request
 
 import aiohttp
 import openai
+from django.utils.module_loading import import_string
 
 from files_app.conf import app_settings
+
+try:  # openai>=3 is built on httpx2, older releases on httpx.
+    import httpx2 as httpx
+except ImportError:  # pragma: no cover
+    import httpx
 
 logger = logging.getLogger("openai_batches.upstream")
 
@@ -45,14 +51,14 @@ def default_base_url():
     return url.rstrip("/")
 
 
-class UpstreamClient:
-    """The runners' HTTP client for inference calls: one aiohttp session per runner.
+class AiohttpClient:
+    """Inference calls straight on aiohttp: one session per runner.
 
     An inference call is one JSON POST whose every outcome ``send`` classifies
-    itself (the SDK's retries are off anyway), so the hot path skips the SDK:
+    itself (the SDK's retries are off anyway), so this client skips the SDK:
     profiled at 0 ms upstream latency, ``AsyncOpenAI.post`` cost about 1.4 ms of
-    CPU a call against 0.35 ms for the same request on aiohttp, and was the
-    largest cost of a worker. Model discovery (``served_models``) uses the SDK.
+    CPU a call against 0.35 ms for the same request here. Choose it with
+    ``UPSTREAM_CLIENT_CLASS`` when the worker's CPU is the bottleneck.
     """
 
     def __init__(self, route: Route, max_connections: int):
@@ -73,7 +79,7 @@ class UpstreamClient:
         return self.session
 
     async def post(self, path: str, body: dict):
-        """``(status, headers, content)`` of one POST; raises aiohttp/timeout errors."""
+        """``(status, headers, content)`` of one POST; raises TimeoutError / OSError / aiohttp errors."""
         payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
         async with self._session().post(f"{self.url}/{path.lstrip('/')}", data=payload, proxy=self.proxy) as response:
             return response.status, response.headers, await response.read()
@@ -81,6 +87,46 @@ class UpstreamClient:
     async def close(self):
         if self.session is not None:
             await self.session.close()
+
+
+class OpenAIClient:
+    """Inference calls through ``openai.AsyncOpenAI`` (the default), on the SDK's
+    aiohttp transport when ``openai[aiohttp]`` is installed: the SDK's proxy,
+    header and client handling apply. Same interface as ``AiohttpClient``."""
+
+    def __init__(self, route: Route, max_connections: int):
+        self.api_key = route.api_key or "none"
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        try:
+            http_client = openai.DefaultAioHttpClient(limits=limits)
+        except (AttributeError, RuntimeError):  # openai without the aiohttp extra
+            http_client = openai.DefaultAsyncHttpxClient(limits=limits)
+        # Retries are ours (persisted per request, with backoff), so the SDK's are off.
+        self.client = openai.AsyncOpenAI(
+            base_url=route.base_url, api_key=self.api_key, max_retries=0, timeout=app_settings.UPSTREAM_TIMEOUT, http_client=http_client
+        )
+
+    async def post(self, path: str, body: dict):
+        try:
+            response = await self.client.post(path, cast_to=httpx.Response, body=body)
+        except openai.APIStatusError as exc:
+            response = exc.response
+        except openai.APIConnectionError as exc:
+            # The aiohttp transport reports refused connections as timeouts too; the cause chain tells.
+            raise (TimeoutError if _caused_by_timeout(exc) else ConnectionError)(str(exc)) from exc
+        return response.status_code, response.headers, response.content
+
+    async def close(self):
+        await self.client.close()
+
+
+def _caused_by_timeout(exc):
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, TimeoutError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def env_proxy(url):
@@ -94,8 +140,9 @@ def env_proxy(url):
     return urllib.request.getproxies().get(parts.scheme)
 
 
-def async_client(route: Route, max_connections: int) -> UpstreamClient:
-    return UpstreamClient(route, max_connections)
+def async_client(route: Route, max_connections: int):
+    """The inference client class named by UPSTREAM_CLIENT_CLASS (a dotted path)."""
+    return import_string(app_settings.UPSTREAM_CLIENT_CLASS)(route, max_connections)
 
 
 def served_models(model_names):
@@ -180,7 +227,7 @@ def redact(payload, secret):
     return json.loads(json.dumps(payload).replace(secret, "[redacted]"))
 
 
-async def send(client: UpstreamClient, endpoint: str, body: dict) -> Outcome:
+async def send(client, endpoint: str, body: dict) -> Outcome:
     """One upstream call, classified. Never raises for upstream trouble."""
     try:
         status_code, headers, content = await client.post(endpoint_path(endpoint), body)
