@@ -21,4 +21,4 @@ if ! "$venv/bin/schemathesis" --version >/dev/null 2>&1; then
   "$venv/bin/python" -m pip install -q 'schemathesis>=4.32,<5'
 fi
 
-SCHEMATHESIS="$venv/bin/schemathesis" .venv/bin/python -m pytest -v -s -m live tests/test_schema.py -k schemathesis
+SCHEMATHESIS="$PWD/$venv/bin/schemathesis" .venv/bin/python -m pytest -v -s -m live tests/test_schema.py -k schemathesis
