@@ -127,7 +127,10 @@ def test_operator_finds_cancels_retries_and_downloads(page, console_data, screen
     page.click("input[type=submit]")
     page.wait_for_selector("#result_list")
     assert page.locator("#result_list tbody tr").count() == 6
-    assert page.locator(".ob-worker-banner").count() == 0  # tasks just ran through django-q2
+    if not os.environ.get("BATCHES_REDIS_URL"):
+        # ORM broker: tasks just ran through django-q2, which is evidence of a worker.
+        # (With Redis only a cluster's heartbeat counts, and none runs in this test.)
+        assert page.locator(".ob-worker-banner").count() == 0
 
     # Find the batch that holds a request by its custom_id, and open it.
     page.fill("#searchbar", "ticket-4711")
