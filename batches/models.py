@@ -196,8 +196,6 @@ class BatchRequest(models.Model):
     response_body = models.JSONField(null=True, blank=True)
     error = models.JSONField(null=True, blank=True)
     upstream_request_id = models.CharField(max_length=255, blank=True, default="")
-    input_tokens = models.PositiveIntegerField(default=0)
-    output_tokens = models.PositiveIntegerField(default=0)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
