@@ -16,8 +16,10 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/python -m project.serve
 
-## The test suite (unit, API and live end-to-end tests).
+## Lint and format check (ruff), then the test suite (unit, API and live end-to-end tests).
 test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 ci:

@@ -182,7 +182,12 @@ class BatchAdmin(admin.ModelAdmin):
         if obj.status == BatchStatus.FAILED and obj.errors:
             # Why it failed, from the row itself (no query): the first error code.
             more = f" +{len(obj.errors) - 1} more" if len(obj.errors) > 1 else ""
-            return format_html('<code class="ob-error-code" title="{}">{}</code><span class="ob-quiet">{}</span>', obj.errors[0].get("message", ""), obj.errors[0].get("code", "error"), more)
+            return format_html(
+                '<code class="ob-error-code" title="{}">{}</code><span class="ob-quiet">{}</span>',
+                obj.errors[0].get("message", ""),
+                obj.errors[0].get("code", "error"),
+                more,
+            )
         if not total:
             return format_html('<span class="ob-quiet">{}</span>', "validating…" if obj.status == BatchStatus.VALIDATING else "—")
         ok = 100 * obj.completed_requests / total
@@ -335,12 +340,16 @@ class BatchAdmin(admin.ModelAdmin):
     def metadata_table(self, obj):
         if not obj.metadata:
             return "—"
-        return render_to_string("admin/batches/includes/key_value_table.html", {"rows": sorted(obj.metadata.items()), "css_class": "ob-metadata"})
+        return render_to_string(
+            "admin/batches/includes/key_value_table.html", {"rows": sorted(obj.metadata.items()), "css_class": "ob-metadata"}
+        )
 
     @admin.display(description="django-q2 tasks")
     def tasks(self, obj):
         """The batch's tasks are grouped by its id (see batches.queue)."""
-        counts = Task.objects.filter(group=obj.id).aggregate(succeeded=Count("pk", filter=Q(success=True)), failed=Count("pk", filter=Q(success=False)))
+        counts = Task.objects.filter(group=obj.id).aggregate(
+            succeeded=Count("pk", filter=Q(success=True)), failed=Count("pk", filter=Q(success=False))
+        )
         links = []
         for model_name, label, count in (("success", "succeeded", counts["succeeded"]), ("failure", "failed", counts["failed"])):
             try:
@@ -350,7 +359,9 @@ class BatchAdmin(admin.ModelAdmin):
                 continue
             links.append(format_html('<a href="{}?group={}">{} {}</a>', url, obj.id, count, label))
         try:
-            links.append(format_html('<a href="{}">queued tasks (all batches)</a>', reverse(f"{self.admin_site.name}:django_q_ormq_changelist")))
+            links.append(
+                format_html('<a href="{}">queued tasks (all batches)</a>', reverse(f"{self.admin_site.name}:django_q_ormq_changelist"))
+            )
         except NoReverseMatch:
             pass  # only the ORM broker keeps its queue in the database
         return format_html_join(" · ", "{}", ((link,) for link in links))
@@ -396,13 +407,19 @@ class BatchAdmin(admin.ModelAdmin):
             if refusal:
                 refused.append((batch, refusal))
             else:
-                eligible.append((batch, f"{batch.status}, {batch.completed_requests + batch.failed_requests} of {batch.total_requests} done"))
+                eligible.append(
+                    (batch, f"{batch.status}, {batch.completed_requests + batch.failed_requests} of {batch.total_requests} done")
+                )
         if request.POST.get("post") == "yes":
             done, missed = [], []
             for batch, _ in eligible:
                 (done if operations.cancel(batch, request.user) else missed).append(batch)
             if done:
-                self.message_user(request, f"Cancelling {len(done)} batch{'es' if len(done) != 1 else ''}: {', '.join(b.id for b in done)}.", messages.SUCCESS)
+                self.message_user(
+                    request,
+                    f"Cancelling {len(done)} batch{'es' if len(done) != 1 else ''}: {', '.join(b.id for b in done)}.",
+                    messages.SUCCESS,
+                )
             report_refused(self, request, "cancelled", refused + [(batch, "its status changed meanwhile") for batch in missed])
             return None
         if not eligible:
@@ -430,7 +447,9 @@ class BatchAdmin(admin.ModelAdmin):
                 refused.append((batch, refusal))
             else:
                 earlier = f"; already retried {batch.retries.count()}×" if batch.retries.exists() else ""
-                eligible.append((batch, f"{batch.status}: {batch.retryable} failed, cancelled or expired of {batch.total_requests}{earlier}"))
+                eligible.append(
+                    (batch, f"{batch.status}: {batch.retryable} failed, cancelled or expired of {batch.total_requests}{earlier}")
+                )
         return self._confirm_then_create(
             request,
             eligible,
@@ -440,7 +459,8 @@ class BatchAdmin(admin.ModelAdmin):
             refused_verb="retried",
             action="retry_failed_requests",
             question="Retry the failed, cancelled and expired requests of these batches?",
-            consequence="Each gets a new batch for the same owner, endpoint and metadata, linked to it, which is validated and run as usual.",
+            consequence="Each gets a new batch for the same owner, endpoint and metadata, linked to it, which is "
+            "validated and run as usual.",
             button="Yes, retry them",
         )
 
@@ -625,4 +645,3 @@ class BatchRequestAdmin(admin.ModelAdmin):
     @admin.display(description="error")
     def error_json(self, obj):
         return pretty_json(obj.error)
-

@@ -57,7 +57,7 @@ def check_q_cluster(q):
             Warning(
                 "Q_CLUSTER has no 'timeout'" + ("" if q else " (Q_CLUSTER is not set)") + ": a hung task is never stopped, "
                 "and a re-delivering broker runs long batch tasks again while they still run.",
-                hint=f"Set Q_CLUSTER['timeout'] (e.g. 600, above OPENAI_BATCHES['RUN_SLICE_SECONDS'] + 60) and a 'retry' "
+                hint="Set Q_CLUSTER['timeout'] (e.g. 600, above OPENAI_BATCHES['RUN_SLICE_SECONDS'] + 60) and a 'retry' "
                 "that covers it (see docs/settings.md).",
                 id="openai_batches.W004",
             )
@@ -81,7 +81,8 @@ def check_q_cluster(q):
         messages.append(
             Error(
                 f"Q_CLUSTER['retry'] ({retry}) must be larger than Q_CLUSTER['timeout'] ({timeout}).",
-                hint="django-q2 re-delivers a task 'retry' seconds after it was pulled; a smaller value runs tasks twice while they still run.",
+                hint="django-q2 re-delivers a task 'retry' seconds after it was pulled; a smaller value runs tasks "
+                "twice while they still run.",
                 id="openai_batches.E011",
             )
         )

@@ -40,7 +40,9 @@ class Claimer:
             column(name) for name in ("id", "batch", "status", "lease_expires_at", "not_before")
         )
         lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
-        self.status_sql = f"SELECT {quote(batch.get_field('status').column)} FROM {quote(batch.db_table)} WHERE {quote(batch.pk.column)} = %s{lock}"
+        self.status_sql = (
+            f"SELECT {quote(batch.get_field('status').column)} FROM {quote(batch.db_table)} WHERE {quote(batch.pk.column)} = %s{lock}"
+        )
         self.live_sql = f"SELECT COUNT(*) FROM {table} WHERE {batch_id} = %s AND {status} = %s AND {lease_expires_at} > %s"
         self.lapsed_sql = f"SELECT {pk} FROM {table} WHERE {batch_id} = %s AND {status} = %s AND {lease_expires_at} <= %s LIMIT %s"
         self.pending_sql = (
@@ -54,7 +56,10 @@ class Claimer:
             f"WHERE {pk} IN ({{ids}}) AND (({status} = %s AND ({not_before} IS NULL OR {not_before} <= %s)) "
             f"OR ({status} = %s AND {lease_expires_at} <= %s))"
         )
-        self.claimed_sql = f"SELECT {pk}, {column('attempts')}, {column('body')} FROM {table} WHERE {pk} IN ({{ids}}) AND {column('lease_owner')} = %s AND {status} = %s"
+        self.claimed_sql = (
+            f"SELECT {pk}, {column('attempts')}, {column('body')} FROM {table} "
+            f"WHERE {pk} IN ({{ids}}) AND {column('lease_owner')} = %s AND {status} = %s"
+        )
         self.body_field = request.get_field("body")
 
     def claim(self, wanted, *, window, unflushed, now, lease_until):

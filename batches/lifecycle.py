@@ -75,7 +75,9 @@ def create_batch(**fields):
         expires_at=now + timedelta(seconds=app_settings.COMPLETION_WINDOW_SECONDS),
         **fields,
     )
-    logger.info("batch.created batch_id=%s owner=%s endpoint=%s input_file_id=%s", batch.id, batch.owner_id, batch.endpoint, batch.input_file_id)
+    logger.info(
+        "batch.created batch_id=%s owner=%s endpoint=%s input_file_id=%s", batch.id, batch.owner_id, batch.endpoint, batch.input_file_id
+    )
     enqueue("validate_batch", batch.id)
     return batch
 
@@ -153,9 +155,7 @@ def acquire_slot(batch_id):
     now = timezone.now()
     with transaction.atomic():
         active = list(
-            Batch.objects.select_for_update()
-            .filter(status=BatchStatus.IN_PROGRESS, slot_expires_at__gt=now)
-            .values_list("pk", flat=True)
+            Batch.objects.select_for_update().filter(status=BatchStatus.IN_PROGRESS, slot_expires_at__gt=now).values_list("pk", flat=True)
         )
         if batch_id not in active and len(active) >= app_settings.MAX_CONCURRENT_BATCHES:
             return False

@@ -145,7 +145,9 @@ def rerun(batch, actor=None):
         raise NotAllowed(refusal)
     with transaction.atomic():
         again = _create_like(batch, batch.input_file_id)
-    logger.info("batch.rerun_created batch_id=%s retry_of=%s input_file_id=%s actor=%s", again.id, batch.id, batch.input_file_id, _actor(actor))
+    logger.info(
+        "batch.rerun_created batch_id=%s retry_of=%s input_file_id=%s actor=%s", again.id, batch.id, batch.input_file_id, _actor(actor)
+    )
     return again
 
 

@@ -248,8 +248,13 @@ class BatchRunner:
                 outcome = self._loop()
             finally:
                 self._wind_down()
-            logger.info("runner.stopped batch_id=%s owner=%s outcome=%s %s", self.batch_id, self.owner, outcome,
-                        " ".join(f"{k}={v}" for k, v in self.stats.items()))
+            logger.info(
+                "runner.stopped batch_id=%s owner=%s outcome=%s %s",
+                self.batch_id,
+                self.owner,
+                outcome,
+                " ".join(f"{k}={v}" for k, v in self.stats.items()),
+            )
             outcome = self._after(outcome)
         finally:
             shutdown.active_runners -= 1
@@ -322,7 +327,9 @@ class BatchRunner:
         """One round: collect, write, check, renew, send, claim. A stop reason once done."""
         self._collect(timeout=0.02 if self.in_flight or self.ready else 0)
         now = time.monotonic()
-        if self.results and (len(self.results) >= FLUSH_EVERY_RESULTS or now - self.last_flush >= FLUSH_EVERY_SECONDS or not self.in_flight):
+        if self.results and (
+            len(self.results) >= FLUSH_EVERY_RESULTS or now - self.last_flush >= FLUSH_EVERY_SECONDS or not self.in_flight
+        ):
             self._flush()
             self.last_flush = now
         if shutdown.requested():
@@ -384,7 +391,12 @@ class BatchRunner:
         now = timezone.now()
         if rows.filter(status=RequestStatus.PENDING).exists():
             # Retries in backoff, or the per-batch limit is held by other runners.
-            due = rows.filter(status=RequestStatus.PENDING, not_before__gt=now).order_by("not_before").values_list("not_before", flat=True).first()
+            due = (
+                rows.filter(status=RequestStatus.PENDING, not_before__gt=now)
+                .order_by("not_before")
+                .values_list("not_before", flat=True)
+                .first()
+            )
             time.sleep(min(max((due - now).total_seconds() if due else 0.2, 0.05), 1.0))
             return None
         # Only rows other runners hold are left. Live runners renew their leases every
@@ -553,7 +565,16 @@ class BatchRunner:
                     row.response_body = None
                 failed.append(row)
         lease = {"batch_id": self.batch_id, "lease_owner": self.owner, "status": RequestStatus.RUNNING}
-        result_fields = ["status", "status_code", "upstream_request_id", "response_body", "error", "lease_owner", "lease_expires_at", "finished_at"]
+        result_fields = [
+            "status",
+            "status_code",
+            "upstream_request_id",
+            "response_body",
+            "error",
+            "lease_owner",
+            "lease_expires_at",
+            "finished_at",
+        ]
         try:
             with transaction.atomic():
                 bulk.relax_commit()

@@ -20,7 +20,9 @@ from .views import MAX_METADATA_KEY, MAX_METADATA_PAIRS, MAX_METADATA_VALUE, OUT
         "nullable": True,
         "maxProperties": MAX_METADATA_PAIRS,
         "additionalProperties": {"type": "string", "maxLength": MAX_METADATA_VALUE},
-        "description": f"Up to {MAX_METADATA_PAIRS} string pairs (keys up to {MAX_METADATA_KEY}, values up to {MAX_METADATA_VALUE} characters).",
+        "description": (
+            f"Up to {MAX_METADATA_PAIRS} string pairs (keys up to {MAX_METADATA_KEY}, values up to {MAX_METADATA_VALUE} characters)."
+        ),
     }
 )
 class MetadataField(serializers.DictField):
@@ -129,7 +131,10 @@ documented_batch_views = extend_schema_view(
         responses={200: list_of("ListBatchesResponse", BatchSerializer), **errors(400)},
     ),
     retrieve=extend_schema(
-        operation_id="retrieveBatch", summary="Retrieve a batch", parameters=[BATCH_ID], responses={200: BatchSerializer, **errors(400, 404)}
+        operation_id="retrieveBatch",
+        summary="Retrieve a batch",
+        parameters=[BATCH_ID],
+        responses={200: BatchSerializer, **errors(400, 404)},
     ),
 )
 

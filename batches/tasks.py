@@ -61,7 +61,11 @@ class InputValidation:
         input_file = File.objects.live().filter(pk=batch.input_file_id, owner_id=batch.owner_id).first()
         if input_file is None:
             return self._fail(
-                [LineError("invalid_request", f"The input file {batch.input_file_id} does not exist or was deleted.", "input_file_id", None)]
+                [
+                    LineError(
+                        "invalid_request", f"The input file {batch.input_file_id} does not exist or was deleted.", "input_file_id", None
+                    )
+                ]
             )
         if input_file.bytes > app_settings.MAX_INPUT_FILE_BYTES:
             limit_mb = app_settings.MAX_INPUT_FILE_BYTES // (1024 * 1024)
@@ -156,7 +160,9 @@ def sweep():
     now = timezone.now()
     stale = now - timedelta(seconds=app_settings.LEASE_SECONDS)
     found = {"expired": 0, "validate": 0, "run": 0, "finalize": 0, "files": 0}
-    for batch_id in Batch.objects.filter(status__in=[BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS], expires_at__lte=now).values_list("pk", flat=True):
+    for batch_id in Batch.objects.filter(status__in=[BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS], expires_at__lte=now).values_list(
+        "pk", flat=True
+    ):
         found["expired"] += lifecycle.expire_if_due(batch_id, now)
     lease_free = Q(lease_owner__isnull=True) | Q(lease_expires_at__lte=now)
     for batch_id in Batch.objects.filter(lease_free, status=BatchStatus.VALIDATING, created_at__lte=stale).values_list("pk", flat=True):
@@ -167,7 +173,9 @@ def sweep():
     for batch_id in waiting_for_slot.values_list("pk", flat=True)[: app_settings.MAX_CONCURRENT_BATCHES]:
         enqueue("run_batch", batch_id)
         found["run"] += 1
-    for batch_id in Batch.objects.filter(lease_free, status__in=[BatchStatus.FINALIZING, BatchStatus.CANCELLING]).values_list("pk", flat=True):
+    for batch_id in Batch.objects.filter(lease_free, status__in=[BatchStatus.FINALIZING, BatchStatus.CANCELLING]).values_list(
+        "pk", flat=True
+    ):
         if not BatchRequest.objects.filter(batch_id=batch_id).live_leases(now).exists():
             enqueue("finalize_batch", batch_id)
             found["finalize"] += 1

@@ -73,7 +73,10 @@ REQUIRED_BODY_FIELDS = {
     "/v1/completions": (RequiredField("model", (str,), "a string"), RequiredField("prompt", (str, list), TEXT_INPUT_SHAPES)),
     "/v1/embeddings": (RequiredField("model", (str,), "a string"), RequiredField("input", (str, list), TEXT_INPUT_SHAPES)),
     # ``input`` may be replaced by a stored ``prompt`` template (checked below).
-    "/v1/responses": (RequiredField("model", (str,), "a string"), RequiredField("input", (str, list), "a string or an array of input items")),
+    "/v1/responses": (
+        RequiredField("model", (str,), "a string"),
+        RequiredField("input", (str, list), "a string or an array of input items"),
+    ),
     # The model is optional: the upstream picks its default moderation model.
     "/v1/moderations": (RequiredField("input", (str, list), "a string, an array of strings or an array of content parts"),),
 }
@@ -123,7 +126,12 @@ class LineValidator:
         # \u0000 and unpaired \ud800-\udfff escapes decode to text no database column (or UTF-8 file) can hold.
         if UNSTORABLE_ESCAPE.search(text) and has_unstorable_text(record):
             return None, [
-                _error("This line contains a NUL character or an unpaired surrogate, which is not supported.", "invalid_json_line", None, line_no)
+                _error(
+                    "This line contains a NUL character or an unpaired surrogate, which is not supported.",
+                    "invalid_json_line",
+                    None,
+                    line_no,
+                )
             ]
 
         errors = self._check_envelope(line_no, record)
@@ -149,14 +157,22 @@ class LineValidator:
         elif not isinstance(custom_id, str):
             errors.append(
                 _error(
-                    f"Invalid type for 'custom_id': expected a string, but got {_json_type(custom_id)} instead.", "invalid_type", "custom_id", line_no
+                    f"Invalid type for 'custom_id': expected a string, but got {_json_type(custom_id)} instead.",
+                    "invalid_type",
+                    "custom_id",
+                    line_no,
                 )
             )
         elif not custom_id:
             errors.append(_error("Invalid 'custom_id': empty string. Expected a non-empty string.", "invalid_value", "custom_id", line_no))
         elif len(custom_id) > MAX_CUSTOM_ID_LENGTH:
             errors.append(
-                _error(f"Invalid 'custom_id': string too long. Expected at most {MAX_CUSTOM_ID_LENGTH} characters.", "invalid_value", "custom_id", line_no)
+                _error(
+                    f"Invalid 'custom_id': string too long. Expected at most {MAX_CUSTOM_ID_LENGTH} characters.",
+                    "invalid_value",
+                    "custom_id",
+                    line_no,
+                )
             )
         elif custom_id in self.custom_ids:
             errors.append(
@@ -176,7 +192,9 @@ class LineValidator:
             errors.append(_error("Missing required parameter: 'url'.", "missing_required_parameter", "url", line_no))
         elif url != self.endpoint:
             errors.append(
-                _error(f"The URL provided for this request does not match the batch endpoint '{self.endpoint}'.", "invalid_url", "url", line_no)
+                _error(
+                    f"The URL provided for this request does not match the batch endpoint '{self.endpoint}'.", "invalid_url", "url", line_no
+                )
             )
         return errors
 
@@ -193,7 +211,12 @@ class LineValidator:
                 errors.append(_error(f"Missing required parameter: '{param}'.", "invalid_request", param, line_no))
             elif not isinstance(value, field.types):
                 errors.append(
-                    _error(f"Invalid type for '{param}': expected {field.expected}, but got {_json_type(value)} instead.", "invalid_request", param, line_no)
+                    _error(
+                        f"Invalid type for '{param}': expected {field.expected}, but got {_json_type(value)} instead.",
+                        "invalid_request",
+                        param,
+                        line_no,
+                    )
                 )
         errors.extend(self._check_model(line_no, body.get("model")))
         if self.endpoint == "/v1/embeddings" and not errors:
@@ -208,7 +231,12 @@ class LineValidator:
             if required:
                 return []
             return [
-                _error(f"Invalid type for 'body.model': expected a string, but got {_json_type(model)} instead.", "invalid_request", "body.model", line_no)
+                _error(
+                    f"Invalid type for 'body.model': expected a string, but got {_json_type(model)} instead.",
+                    "invalid_request",
+                    "body.model",
+                    line_no,
+                )
             ]
         if model is None and required:
             return []
@@ -364,7 +392,8 @@ def stop_sequences(value, param):
         return _wrong_type(param, "a string or an array of strings", value)
     if len(value) > 4:
         return _bad(
-            f"Invalid '{param}': array too long. Expected an array with maximum length 4, but got an array with length {len(value)} instead.",
+            f"Invalid '{param}': array too long. Expected an array with maximum length 4, but got an array with "
+            f"length {len(value)} instead.",
             param,
             "array_above_max_length",
         )
@@ -418,7 +447,11 @@ def text_input(*, allow_empty_string, max_items=2048):
             if not allow_empty_string:
                 for index, item in enumerate(value):
                     if not item:
-                        return _bad(f"Invalid '{param}[{index}]': empty string. Expected a string with minimum length 1.", f"{param}[{index}]", "empty_string")
+                        return _bad(
+                            f"Invalid '{param}[{index}]': empty string. Expected a string with minimum length 1.",
+                            f"{param}[{index}]",
+                            "empty_string",
+                        )
         elif not all(_is_token_array(v) for v in value):
             return _bad(f"Invalid '{param}': expected {TEXT_INPUT_SHAPES}, not a mix.", param, "invalid_type")
         if len(value) > max_items:
@@ -482,7 +515,11 @@ def chat_messages(value, param):
     if not isinstance(value, list):
         return _wrong_type(param, "an array", value)
     if not value:
-        return _bad(f"Invalid '{param}': empty array. Expected an array with minimum length 1, but got an empty array instead.", param, "empty_array")
+        return _bad(
+            f"Invalid '{param}': empty array. Expected an array with minimum length 1, but got an empty array instead.",
+            param,
+            "empty_array",
+        )
     for index, message in enumerate(value):
         problem = _message(message, f"{param}[{index}]", CHAT_ROLES)
         if problem:
@@ -529,7 +566,9 @@ def moderation_input(value, param):
             return _bad(f"Missing required parameter: '{part_param}.text'.", f"{part_param}.text", "missing_required_parameter")
         image = part.get("image_url")
         if kind == "image_url" and not (isinstance(image, dict) and isinstance(image.get("url"), str)):
-            return _bad(f"Missing required parameter: '{part_param}.image_url.url'.", f"{part_param}.image_url.url", "missing_required_parameter")
+            return _bad(
+                f"Missing required parameter: '{part_param}.image_url.url'.", f"{part_param}.image_url.url", "missing_required_parameter"
+            )
     return None
 
 

@@ -27,14 +27,17 @@ def check_metadata(metadata):
         raise OpenAIError("Invalid type for 'metadata': expected an object.", param="metadata", code="invalid_type")
     if len(metadata) > MAX_METADATA_PAIRS:
         raise OpenAIError(
-            f"Invalid 'metadata': too many properties. Expected an object with at most {MAX_METADATA_PAIRS} properties, but got {len(metadata)} instead.",
+            f"Invalid 'metadata': too many properties. Expected an object with at most {MAX_METADATA_PAIRS} "
+            f"properties, but got {len(metadata)} instead.",
             param="metadata",
             code="object_above_max_properties",
         )
     for key, value in metadata.items():
         if len(key) > MAX_METADATA_KEY:
             raise OpenAIError(
-                f"Invalid 'metadata': key '{key[:80]}' is longer than {MAX_METADATA_KEY} characters.", param=f"metadata.{key[:80]}", code="invalid_type"
+                f"Invalid 'metadata': key '{key[:80]}' is longer than {MAX_METADATA_KEY} characters.",
+                param=f"metadata.{key[:80]}",
+                code="invalid_type",
             )
         if not isinstance(value, str):
             raise OpenAIError(
@@ -44,7 +47,8 @@ def check_metadata(metadata):
             )
         if len(value) > MAX_METADATA_VALUE:
             raise OpenAIError(
-                f"Invalid 'metadata.{key}': string too long. Expected a string with maximum length {MAX_METADATA_VALUE}, but got a string with length {len(value)} instead.",
+                f"Invalid 'metadata.{key}': string too long. Expected a string with maximum length "
+                f"{MAX_METADATA_VALUE}, but got a string with length {len(value)} instead.",
                 param=f"metadata.{key}",
                 code="invalid_type",
             )
@@ -56,13 +60,17 @@ def parse_output_expires_after(value):
         return None
     if not isinstance(value, dict) or value.get("anchor") != "created_at":
         raise OpenAIError(
-            "Invalid 'output_expires_after': expected {\"anchor\": \"created_at\", \"seconds\": N}.", param="output_expires_after", code="invalid_value"
+            'Invalid \'output_expires_after\': expected {"anchor": "created_at", "seconds": N}.',
+            param="output_expires_after",
+            code="invalid_value",
         )
     seconds = value.get("seconds")
     low, high = OUTPUT_EXPIRES_AFTER_RANGE
     if not isinstance(seconds, int) or isinstance(seconds, bool):
         raise OpenAIError(
-            "Invalid type for 'output_expires_after.seconds': expected an integer.", param="output_expires_after.seconds", code="invalid_type"
+            "Invalid type for 'output_expires_after.seconds': expected an integer.",
+            param="output_expires_after.seconds",
+            code="invalid_type",
         )
     if not low <= seconds <= high:
         raise OpenAIError(
@@ -107,13 +115,17 @@ class BatchViewSet(OpenAIViewSet):
             )
         if data["completion_window"] != "24h":
             raise OpenAIError(
-                f"Invalid value: '{data['completion_window']}'. Supported values are: '24h'.", param="completion_window", code="invalid_value"
+                f"Invalid value: '{data['completion_window']}'. Supported values are: '24h'.",
+                param="completion_window",
+                code="invalid_value",
             )
         metadata = check_metadata(data.get("metadata"))
         output_expires_after = parse_output_expires_after(data.get("output_expires_after"))
         idempotency_key = request.headers.get("Idempotency-Key") or data.get("idempotency_key")
         if idempotency_key is not None and (not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 255):
-            raise OpenAIError("Invalid 'idempotency_key': expected a string of 1 to 255 characters.", param="idempotency_key", code="invalid_value")
+            raise OpenAIError(
+                "Invalid 'idempotency_key': expected a string of 1 to 255 characters.", param="idempotency_key", code="invalid_value"
+            )
 
         input_file = File.objects.owned_by(request.user).live().filter(pk=data["input_file_id"]).first()
         if input_file is None:

@@ -50,8 +50,18 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
     """The delivery log: one row per attempt, read-only, with a resend action."""
 
     list_display = (
-        "id", "event_id", "event_type", "batch_id", "endpoint", "attempt", "status", "status_code", "latency_ms",
-        "attempted_at", "next_attempt_at", "short_error",
+        "id",
+        "event_id",
+        "event_type",
+        "batch_id",
+        "endpoint",
+        "attempt",
+        "status",
+        "status_code",
+        "latency_ms",
+        "attempted_at",
+        "next_attempt_at",
+        "short_error",
     )
     list_filter = ("status", "event_type")
     search_fields = ("event_id", "batch_id", "endpoint__id", "endpoint__url")

@@ -76,7 +76,11 @@ class WebhookEndpointViewSet(OpenAIViewSet):
     def list(self, request):
         params = request.query_params
         return self.paginate(
-            self.get_queryset(), after=params.get("after"), limit=params.get("limit", 20), max_limit=100, to_openai=WebhookEndpoint.to_openai
+            self.get_queryset(),
+            after=params.get("after"),
+            limit=params.get("limit", 20),
+            max_limit=100,
+            to_openai=WebhookEndpoint.to_openai,
         )
 
     def retrieve(self, request, pk=None):

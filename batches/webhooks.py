@@ -291,7 +291,13 @@ def deliver_webhook(delivery_id):
     outcome = _conclude(delivery, lease, attempted_at=now, status_code=status_code, latency_ms=latency_ms, error=error)
     logger.info(
         "webhook.attempt delivery_id=%s event_id=%s endpoint_id=%s attempt=%d status_code=%s latency_ms=%d outcome=%s",
-        delivery.pk, delivery.event_id, endpoint.pk, delivery.attempt, status_code, latency_ms, outcome,
+        delivery.pk,
+        delivery.event_id,
+        endpoint.pk,
+        delivery.attempt,
+        status_code,
+        latency_ms,
+        outcome,
     )
     return outcome
 
@@ -337,7 +343,10 @@ def sweep_deliveries(now=None):
     """Called by ``tasks.sweep``: conclude lost attempts, queue due ones. Returns how many were queued."""
     now = now or timezone.now()
     for lost in WebhookDelivery.objects.for_sweep(now).filter(status=DeliveryStatus.SENDING)[:SWEEP_LIMIT]:
-        if _conclude(lost, lost.next_attempt_at, attempted_at=None, error="No result: the worker stopped during the attempt.") != "lease_lost":
+        if (
+            _conclude(lost, lost.next_attempt_at, attempted_at=None, error="No result: the worker stopped during the attempt.")
+            != "lease_lost"
+        ):
             logger.info("webhook.attempt_lost delivery_id=%s event_id=%s attempt=%d", lost.pk, lost.event_id, lost.attempt)
     queued = 0
     for delivery in WebhookDelivery.objects.for_sweep(now).filter(status=DeliveryStatus.PENDING).order_by("next_attempt_at")[:SWEEP_LIMIT]:

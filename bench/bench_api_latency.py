@@ -106,16 +106,31 @@ def report(result):
     common.print_table(
         f"Benchmark 4: GET /v1/batches/{{id}} during benchmark 1 ({result['params']['rate']:g}/s, {result['params']['db']})",
         ["requests", "errors", "p50 ms", "p90 ms", "p99 ms", "max ms", "batch throughput"],
-        [(result["requests"], result["errors"], f"{result['p50_ms']:.1f}", f"{result['p90_ms']:.1f}", f"{result['p99_ms']:.1f}",
-          f"{result['max_ms']:.1f}", f"{100 * result['throughput_share_of_ideal']:.1f} % of ideal")],
+        [
+            (
+                result["requests"],
+                result["errors"],
+                f"{result['p50_ms']:.1f}",
+                f"{result['p90_ms']:.1f}",
+                f"{result['p99_ms']:.1f}",
+                f"{result['max_ms']:.1f}",
+                f"{100 * result['throughput_share_of_ideal']:.1f} % of ideal",
+            )
+        ],
     )
-    print(f"p99 {result['p99_ms']:.1f} ms (target < {result['target_p99_ms']:g} ms) {'MET' if result['met'] else 'NOT MET'}; "
-          f"load average {result['load_before']} -> {result['load_after']}")
+    print(
+        f"p99 {result['p99_ms']:.1f} ms (target < {result['target_p99_ms']:g} ms) {'MET' if result['met'] else 'NOT MET'}; "
+        f"load average {result['load_before']} -> {result['load_after']}"
+    )
 
 
 if __name__ == "__main__":
-    args = common.parse_args(__doc__.splitlines()[0], extra=[("--rate", {"type": float, "default": 20.0, "help": "GETs a second"})],
-                             lines=10_000, latency_ms=50.0)
+    args = common.parse_args(
+        __doc__.splitlines()[0],
+        extra=[("--rate", {"type": float, "default": 20.0, "help": "GETs a second"})],
+        lines=10_000,
+        latency_ms=50.0,
+    )
     result = measure(args)
     report(result)
     print("results:", common.save("api_latency", result, args.json))

@@ -29,8 +29,13 @@ def measure(args):
                 idle = memory.result()
                 with memory:
                     run = common.run_batch(stack, lines)
-                sizes[lines] = {**memory.result(), "idle_peak_process_mib": idle["peak_process_mib"], "run": run,
-                                "load_before": load_before, "load_after": common.load_average()}
+                sizes[lines] = {
+                    **memory.result(),
+                    "idle_peak_process_mib": idle["peak_process_mib"],
+                    "run": run,
+                    "load_before": load_before,
+                    "load_after": common.load_average(),
+                }
     small, large = sizes[args.small], sizes[args.lines]
     ratio = max(large["peak_process_mib"] / small["peak_process_mib"], large["peak_total_pss_mib"] / small["peak_total_pss_mib"])
     peak = max(large["peak_process_mib"], large["peak_total_pss_mib"])
@@ -51,15 +56,25 @@ def report(result):
     rows = []
     for key in ("small", "large"):
         size = result[key]
-        rows.append((f"{size['run']['lines']:,}", f"{size['idle_peak_process_mib']:.0f}", f"{size['peak_process_mib']:.0f}",
-                     f"{size['peak_total_pss_mib']:.0f}", size["processes"], f"{size['load_before']} -> {size['load_after']}"))
+        rows.append(
+            (
+                f"{size['run']['lines']:,}",
+                f"{size['idle_peak_process_mib']:.0f}",
+                f"{size['peak_process_mib']:.0f}",
+                f"{size['peak_total_pss_mib']:.0f}",
+                size["processes"],
+                f"{size['load_before']} -> {size['load_after']}",
+            )
+        )
     common.print_table(
         f"Benchmark 3: worker memory ({params['db']}, {params['latency_ms']:g} ms upstream)",
         ["lines", "idle process MiB", "peak process MiB (VmHWM)", "peak cluster MiB (PSS)", "processes", "load"],
         rows,
     )
-    print(f"ratio {result['ratio']:.2f} (target <= {result['target_ratio']}), peak {result['peak_mib']:.0f} MiB "
-          f"(target <= {result['target_mib']}) {'MET' if result['met'] else 'NOT MET'}")
+    print(
+        f"ratio {result['ratio']:.2f} (target <= {result['target_ratio']}), peak {result['peak_mib']:.0f} MiB "
+        f"(target <= {result['target_mib']}) {'MET' if result['met'] else 'NOT MET'}"
+    )
 
 
 if __name__ == "__main__":

@@ -25,7 +25,13 @@ def measure(args):
                 runs.append(run)
     best = max(runs, key=lambda run: run["lines_per_s"])
     return {
-        "params": {"lines": args.lines, "latency_ms": args.latency_ms, "concurrency": args.concurrency, "db": args.db, "redis": bool(args.redis)},
+        "params": {
+            "lines": args.lines,
+            "latency_ms": args.latency_ms,
+            "concurrency": args.concurrency,
+            "db": args.db,
+            "redis": bool(args.redis),
+        },
         "runs": runs,
         "best": best,
         "target": TARGET_LINES_PER_S,
@@ -34,19 +40,27 @@ def measure(args):
 
 
 def report(result):
-    best = result["best"]
+    best, params = result["best"], result["params"]
     common.print_table(
-        f"Benchmark 2: orchestrator cost, {result['params']['lines']:,} lines at {result['params']['latency_ms']:g} ms ({result['params']['db']})",
+        f"Benchmark 2: orchestrator cost, {params['lines']:,} lines at {params['latency_ms']:g} ms ({params['db']})",
         ["phase", "seconds", "lines/s"],
         [
             (phase, f"{best[key]:.2f}", f"{result['params']['lines'] / best[key]:,.0f}" if best[key] else "-")
-            for phase, key in (("upload", "upload_s"), ("validate", "validate_s"), ("run", "run_s"), ("finalize", "finalize_s"),
-                               ("upload to completed", "upload_to_completed_s"))
+            for phase, key in (
+                ("upload", "upload_s"),
+                ("validate", "validate_s"),
+                ("run", "run_s"),
+                ("finalize", "finalize_s"),
+                ("upload to completed", "upload_to_completed_s"),
+            )
         ],
     )
-    print(f"worker CPU {1000 * best['workers_cpu_s'] / result['params']['lines']:.2f} ms/line; machine busy {100 * best['machine_busy_share']:.0f} %")
-    print(f"lines/s upload to completed: {best['lines_per_s']:,.0f} (target >= {result['target']:,}) "
-          f"{'MET' if result['met'] else 'NOT MET'}; load average {best['load_before']} -> {best['load_after']}")
+    cpu_ms_per_line = 1000 * best["workers_cpu_s"] / result["params"]["lines"]
+    print(f"worker CPU {cpu_ms_per_line:.2f} ms/line; machine busy {100 * best['machine_busy_share']:.0f} %")
+    print(
+        f"lines/s upload to completed: {best['lines_per_s']:,.0f} (target >= {result['target']:,}) "
+        f"{'MET' if result['met'] else 'NOT MET'}; load average {best['load_before']} -> {best['load_after']}"
+    )
 
 
 if __name__ == "__main__":

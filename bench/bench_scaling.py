@@ -21,8 +21,9 @@ def measure(args):
         for processes in (1, 2):
             runs = []
             for _ in range(args.repeat):
-                with common.live_stack(upstream.base_url, db=args.db, redis=args.redis, concurrency=args.concurrency,
-                                       workers=processes, run_tasks=processes) as stack:
+                with common.live_stack(
+                    upstream.base_url, db=args.db, redis=args.redis, concurrency=args.concurrency, workers=processes, run_tasks=processes
+                ) as stack:
                     load_before = common.load_average()
                     with common.CpuUse(stack) as cpu:
                         run = common.run_batch(stack, args.lines)
@@ -34,7 +35,13 @@ def measure(args):
             by_processes[processes] = max(runs, key=lambda run: run["lines_per_s"])
     speedup = by_processes[2]["lines_per_s"] / by_processes[1]["lines_per_s"]
     return {
-        "params": {"lines": args.lines, "latency_ms": args.latency_ms, "concurrency": args.concurrency, "db": args.db, "redis": bool(args.redis)},
+        "params": {
+            "lines": args.lines,
+            "latency_ms": args.latency_ms,
+            "concurrency": args.concurrency,
+            "db": args.db,
+            "redis": bool(args.redis),
+        },
         "one": by_processes[1],
         "two": by_processes[2],
         "speedup": speedup,
@@ -50,12 +57,22 @@ def report(result):
         f"Benchmark 5: worker processes on one batch, {params['lines']:,} lines at {params['latency_ms']:g} ms ({params['db']}"
         f"{' + Redis' if params['redis'] else ''})",
         ["worker processes", "run phase lines/s", "upload to completed lines/s", "worker CPU ms/line", "machine busy", "load"],
-        [(n, f"{result[key]['lines_per_s']:,.0f}", f"{result[key]['end_to_end_lines_per_s']:,.0f}",
-          f"{1000 * result[key]['workers_cpu_s'] / params['lines']:.2f}", f"{100 * result[key]['machine_busy_share']:.0f} %",
-          f"{result[key]['load_before']} -> {result[key]['load_after']}") for n, key in ((1, "one"), (2, "two"))],
+        [
+            (
+                n,
+                f"{result[key]['lines_per_s']:,.0f}",
+                f"{result[key]['end_to_end_lines_per_s']:,.0f}",
+                f"{1000 * result[key]['workers_cpu_s'] / params['lines']:.2f}",
+                f"{100 * result[key]['machine_busy_share']:.0f} %",
+                f"{result[key]['load_before']} -> {result[key]['load_after']}",
+            )
+            for n, key in ((1, "one"), (2, "two"))
+        ],
     )
-    print(f"speedup {result['speedup']:.2f}x (target >= {result['target_speedup']}x) {'MET' if result['met'] else 'NOT MET'}; "
-          f"upload to completed {result['end_to_end_speedup']:.2f}x")
+    print(
+        f"speedup {result['speedup']:.2f}x (target >= {result['target_speedup']}x) {'MET' if result['met'] else 'NOT MET'}; "
+        f"upload to completed {result['end_to_end_speedup']:.2f}x"
+    )
 
 
 if __name__ == "__main__":

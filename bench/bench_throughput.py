@@ -16,8 +16,14 @@ def measure(args, during=None):
     with common.UpstreamProcess(latency_ms=args.latency_ms) as upstream:
         baseline = common.bare_client_rate(upstream.base_url, args.concurrency, min(args.lines, 5000))
         for _ in range(args.repeat):
-            with common.live_stack(upstream.base_url, db=args.db, redis=args.redis, concurrency=args.concurrency,
-                                   workers=max(2, args.run_tasks), run_tasks=args.run_tasks) as stack:
+            with common.live_stack(
+                upstream.base_url,
+                db=args.db,
+                redis=args.redis,
+                concurrency=args.concurrency,
+                workers=max(2, args.run_tasks),
+                run_tasks=args.run_tasks,
+            ) as stack:
                 upstream.reset()
                 load_before = common.load_average()
                 with common.CpuUse(stack) as cpu:
@@ -33,8 +39,14 @@ def measure(args, during=None):
                 runs.append(run)
     best = max(runs, key=lambda run: run["lines_per_s"])
     return {
-        "params": {"lines": args.lines, "latency_ms": args.latency_ms, "concurrency": args.concurrency, "run_tasks": args.run_tasks,
-                   "db": args.db, "redis": bool(args.redis)},
+        "params": {
+            "lines": args.lines,
+            "latency_ms": args.latency_ms,
+            "concurrency": args.concurrency,
+            "run_tasks": args.run_tasks,
+            "db": args.db,
+            "redis": bool(args.redis),
+        },
         "ideal_lines_per_s": ideal,
         "bare_client_lines_per_s": baseline,
         "runs": runs,
@@ -54,15 +66,23 @@ def report(result):
             ("run phase lines/s", f"{best['lines_per_s']:,.0f}"),
             ("ideal lines/s (concurrency / latency)", f"{result['ideal_lines_per_s']:,.0f}"),
             ("share of ideal", f"{100 * best['share_of_ideal']:.1f} %"),
-            ("bare aiohttp client, same upstream (machine's ceiling)", f"{result['bare_client_lines_per_s']:,.0f} ({100 * result['bare_client_lines_per_s'] / result['ideal_lines_per_s']:.1f} %)"),
+            (
+                "bare aiohttp client, same upstream (machine's ceiling)",
+                f"{result['bare_client_lines_per_s']:,.0f} ({100 * result['bare_client_lines_per_s'] / result['ideal_lines_per_s']:.1f} %)",
+            ),
             ("upstream max in flight", best["upstream_max_in_flight"]),
             ("upload to completed lines/s", f"{best['end_to_end_lines_per_s']:,.0f}"),
-            ("worker CPU per line, machine busy", f"{1000 * best['workers_cpu_s'] / params['lines']:.2f} ms, {100 * best['machine_busy_share']:.0f} %"),
+            (
+                "worker CPU per line, machine busy",
+                f"{1000 * best['workers_cpu_s'] / params['lines']:.2f} ms, {100 * best['machine_busy_share']:.0f} %",
+            ),
             ("validate / run / finalize s", f"{best['validate_s']:.2f} / {best['run_s']:.2f} / {best['finalize_s']:.2f}"),
         ],
     )
-    print(f"share of ideal: {100 * best['share_of_ideal']:.1f} % (target >= {100 * result['target_share']:.0f} %) "
-          f"{'MET' if result['met'] else 'NOT MET'}; load average {best['load_before']} -> {best['load_after']}")
+    print(
+        f"share of ideal: {100 * best['share_of_ideal']:.1f} % (target >= {100 * result['target_share']:.0f} %) "
+        f"{'MET' if result['met'] else 'NOT MET'}; load average {best['load_before']} -> {best['load_after']}"
+    )
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import threading
 import time
 import urllib.request
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,11 +42,15 @@ def parse_args(description, extra=(), **defaults):
     parser.add_argument("--latency-ms", type=float, default=defaults.get("latency_ms", 0.0))
     parser.add_argument("--concurrency", type=int, default=defaults.get("concurrency", 64), help="MAX_CONCURRENT_REQUESTS_PER_BATCH")
     parser.add_argument(
-        "--db", choices=("sqlite", "postgres"), default=defaults.get("db", "sqlite"),
-        help="postgres creates a fresh database through TEST_DATABASE_URL (default %s)" % PG_DEFAULT_URL,
+        "--db",
+        choices=("sqlite", "postgres"),
+        default=defaults.get("db", "sqlite"),
+        help=f"postgres creates a fresh database through TEST_DATABASE_URL (default {PG_DEFAULT_URL})",
     )
     parser.add_argument("--redis", default=defaults.get("redis"), help="BATCHES_REDIS_URL: the Redis broker and cache")
-    parser.add_argument("--run-tasks", type=int, default=defaults.get("run_tasks", 1), help="RUN_TASKS_PER_BATCH (worker processes sharing the batch)")
+    parser.add_argument(
+        "--run-tasks", type=int, default=defaults.get("run_tasks", 1), help="RUN_TASKS_PER_BATCH (worker processes sharing the batch)"
+    )
     parser.add_argument("--repeat", type=int, default=defaults.get("repeat", 1), help="runs; the best one is reported")
     parser.add_argument("--json", default=None, help="where to write the results (default bench/results/<name>.json)")
     return parser.parse_args()
@@ -64,7 +68,9 @@ class UpstreamProcess:
     def __enter__(self):
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tests.fake_upstream", "--port", "0", "--latency-ms", str(self.latency_ms), "--models", MODEL],
-            cwd=ROOT, stdout=subprocess.PIPE, text=True,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         line = self.proc.stdout.readline().strip()
         if not line.startswith("FAKE_UPSTREAM_URL="):
@@ -76,7 +82,9 @@ class UpstreamProcess:
     def _control(self, path, body=None):
         url = self.base_url.removesuffix("/v1") + path
         data = json.dumps(body).encode() if body is not None else None
-        with urllib.request.urlopen(urllib.request.Request(url, data=data, method="POST" if data is not None or path.endswith("reset") else "GET"), timeout=30) as response:
+        with urllib.request.urlopen(
+            urllib.request.Request(url, data=data, method="POST" if data is not None or path.endswith("reset") else "GET"), timeout=30
+        ) as response:
             return json.loads(response.read() or b"null")
 
     def stats(self):
@@ -187,7 +195,7 @@ def batch_timestamps(stack, batch_id):
 
     with sqlite3.connect(stack.db.url.removeprefix("sqlite:///")) as conn:
         row = conn.execute(query.replace("%s", "?"), (batch_id,)).fetchone()
-    return {name: datetime.fromisoformat(value).replace(tzinfo=timezone.utc).timestamp() for name, value in zip(columns, row)}
+    return {name: datetime.fromisoformat(value).replace(tzinfo=UTC).timestamp() for name, value in zip(columns, row)}
 
 
 # --- memory of the worker processes -------------------------------------------------
@@ -245,7 +253,11 @@ class WorkerMemory:
         self.peak_pss = max(self.peak_pss, pss)
 
     def result(self):
-        return {"peak_process_mib": max(self.peak_by_pid.values()) / MIB, "peak_total_pss_mib": self.peak_pss / MIB, "processes": len(self.peak_by_pid)}
+        return {
+            "peak_process_mib": max(self.peak_by_pid.values()) / MIB,
+            "peak_total_pss_mib": self.peak_pss / MIB,
+            "processes": len(self.peak_by_pid),
+        }
 
 
 def _vm_hwm(pid):
@@ -282,7 +294,7 @@ def print_table(title, headers, rows):
 def save(name, result, path=None):
     path = Path(path) if path else RESULTS_DIR / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    result = {"benchmark": name, "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(), **result}
+    result = {"benchmark": name, "measured_at": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(), **result}
     path.write_text(json.dumps(result, indent=2) + "\n")
     return path
 
@@ -305,7 +317,10 @@ def bare_client_rate(base_url, concurrency, requests):
             slots = asyncio.Semaphore(concurrency)
 
             async def call():
-                async with slots, session.post(f"{base_url}/chat/completions", data=body, headers={"Content-Type": "application/json"}) as response:
+                async with (
+                    slots,
+                    session.post(f"{base_url}/chat/completions", data=body, headers={"Content-Type": "application/json"}) as response,
+                ):
                     await response.read()
 
             await asyncio.gather(*(call() for _ in range(concurrency)))  # connections open before timing

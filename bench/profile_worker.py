@@ -35,8 +35,19 @@ def main():
     raw.parent.mkdir(parents=True, exist_ok=True)
     with common.UpstreamProcess(latency_ms=args.latency_ms) as upstream:
         with common.live_stack(upstream.base_url, db=args.db, redis=args.redis, concurrency=args.concurrency) as stack:
-            command = [py_spy, "record", "--subprocesses", "--format", "raw", "--rate", "200", "--output", str(raw),
-                       "--pid", str(stack.workers[0].pid)]
+            command = [
+                py_spy,
+                "record",
+                "--subprocesses",
+                "--format",
+                "raw",
+                "--rate",
+                "200",
+                "--output",
+                str(raw),
+                "--pid",
+                str(stack.workers[0].pid),
+            ]
             if args.idle:
                 command.append("--idle")
             if args.gil:
@@ -66,7 +77,9 @@ def report(raw, top):
             own[_short(frames[-1])] += count
         for frame in {_short(f) for f in frames}:
             total[frame] += count
-    common.print_table(f"Own time ({samples} samples)", ["%", "function"], [(f"{100 * n / samples:.1f}", f) for f, n in own.most_common(top)])
+    common.print_table(
+        f"Own time ({samples} samples)", ["%", "function"], [(f"{100 * n / samples:.1f}", f) for f, n in own.most_common(top)]
+    )
     common.print_table("Time including callees", ["%", "function"], [(f"{100 * n / samples:.1f}", f) for f, n in total.most_common(top)])
 
 

@@ -31,8 +31,11 @@ def run(numbers):
     for number in numbers:
         name, script = BENCHMARKS[number]
         print(f"\n=== benchmark {number}: {script}", flush=True)
-        subprocess.run([sys.executable, str(common.ROOT / "bench" / script), "--json", str(common.RESULTS_DIR / f"{name}.json")],
-                       cwd=common.ROOT, check=True)
+        subprocess.run(
+            [sys.executable, str(common.ROOT / "bench" / script), "--json", str(common.RESULTS_DIR / f"{name}.json")],
+            cwd=common.ROOT,
+            check=True,
+        )
 
 
 def load_results():
@@ -54,44 +57,65 @@ def summary_rows(results):
     if "1" in results:
         r = results["1"]
         best = r["best"]
-        rows.append((
-            f"1. Throughput, {r['params']['lines']:,} lines, {r['params']['latency_ms']:g} ms upstream, concurrency {r['params']['concurrency']}",
-            f"{best['lines_per_s']:,.0f} lines/s = {100 * best['share_of_ideal']:.1f} % of {r['ideal_lines_per_s']:,.0f} "
-            f"(bare client on the same machine: {100 * r['bare_client_lines_per_s'] / r['ideal_lines_per_s']:.0f} %)",
-            f"≥ {100 * r['target_share']:.0f} %", r["met"], load_of(best),
-        ))
+        rows.append(
+            (
+                f"1. Throughput, {r['params']['lines']:,} lines, {r['params']['latency_ms']:g} ms upstream, "
+                f"concurrency {r['params']['concurrency']}",
+                f"{best['lines_per_s']:,.0f} lines/s = {100 * best['share_of_ideal']:.1f} % of {r['ideal_lines_per_s']:,.0f} "
+                f"(bare client on the same machine: {100 * r['bare_client_lines_per_s'] / r['ideal_lines_per_s']:.0f} %)",
+                f"≥ {100 * r['target_share']:.0f} %",
+                r["met"],
+                load_of(best),
+            )
+        )
     if "2" in results:
         r = results["2"]
         best = r["best"]
-        rows.append((
-            f"2. Orchestrator cost, {r['params']['lines']:,} lines, 0 ms upstream, upload to completed",
-            f"{best['lines_per_s']:,.0f} lines/s ({best['upload_to_completed_s']:.1f} s: validate {best['validate_s']:.1f}, "
-            f"run {best['run_s']:.1f}, finalize {best['finalize_s']:.1f})",
-            f"≥ {r['target']:,} lines/s", r["met"], load_of(best),
-        ))
+        rows.append(
+            (
+                f"2. Orchestrator cost, {r['params']['lines']:,} lines, 0 ms upstream, upload to completed",
+                f"{best['lines_per_s']:,.0f} lines/s ({best['upload_to_completed_s']:.1f} s: validate {best['validate_s']:.1f}, "
+                f"run {best['run_s']:.1f}, finalize {best['finalize_s']:.1f})",
+                f"≥ {r['target']:,} lines/s",
+                r["met"],
+                load_of(best),
+            )
+        )
     if "3" in results:
         r = results["3"]
         small, large = r["small"], r["large"]
-        rows.append((
-            f"3. Worker memory, {r['params']['small']:,} vs {r['params']['lines']:,} lines",
-            f"largest process {small['peak_process_mib']:.0f} → {large['peak_process_mib']:.0f} MiB, whole cluster (PSS) "
-            f"{small['peak_total_pss_mib']:.0f} → {large['peak_total_pss_mib']:.0f} MiB: ratio {r['ratio']:.2f}",
-            f"ratio ≤ {r['target_ratio']}, ≤ {r['target_mib']} MiB", r["met"], load_of(large),
-        ))
+        rows.append(
+            (
+                f"3. Worker memory, {r['params']['small']:,} vs {r['params']['lines']:,} lines",
+                f"largest process {small['peak_process_mib']:.0f} → {large['peak_process_mib']:.0f} MiB, whole cluster (PSS) "
+                f"{small['peak_total_pss_mib']:.0f} → {large['peak_total_pss_mib']:.0f} MiB: ratio {r['ratio']:.2f}",
+                f"ratio ≤ {r['target_ratio']}, ≤ {r['target_mib']} MiB",
+                r["met"],
+                load_of(large),
+            )
+        )
     if "4" in results:
         r = results["4"]
-        rows.append((
-            f"4. GET /v1/batches/{{id}} during benchmark 1 ({r['params']['rate']:g}/s)",
-            f"p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms ({r['requests']} requests, {r['errors']} errors)",
-            f"p99 < {r['target_p99_ms']:g} ms", r["met"], load_of(r),
-        ))
+        rows.append(
+            (
+                f"4. GET /v1/batches/{{id}} during benchmark 1 ({r['params']['rate']:g}/s)",
+                f"p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms ({r['requests']} requests, {r['errors']} errors)",
+                f"p99 < {r['target_p99_ms']:g} ms",
+                r["met"],
+                load_of(r),
+            )
+        )
     if "5" in results:
         r = results["5"]
-        rows.append((
-            f"5. 1 vs 2 worker processes, {r['params']['lines']:,} lines, 0 ms upstream, {r['params']['db']}",
-            f"{r['one']['lines_per_s']:,.0f} → {r['two']['lines_per_s']:,.0f} lines/s: {r['speedup']:.2f}×",
-            f"≥ {r['target_speedup']}×", r["met"], f"{load_of(r['one'])}; {load_of(r['two'])}",
-        ))
+        rows.append(
+            (
+                f"5. 1 vs 2 worker processes, {r['params']['lines']:,} lines, 0 ms upstream, {r['params']['db']}",
+                f"{r['one']['lines_per_s']:,.0f} → {r['two']['lines_per_s']:,.0f} lines/s: {r['speedup']:.2f}×",
+                f"≥ {r['target_speedup']}×",
+                r["met"],
+                f"{load_of(r['one'])}; {load_of(r['two'])}",
+            )
+        )
     return rows
 
 
@@ -130,8 +154,12 @@ def plot(results):
     if "2" in results:
         r, ax = results["2"], axes[1]
         best, bottom = r["best"], 0.0
-        for phase, key, shade in (("upload", "upload_s", "#90caf9"), ("validate", "validate_s", "#42a5f5"), ("run", "run_s", "#1e88e5"),
-                                  ("finalize", "finalize_s", "#0d47a1")):
+        for phase, key, shade in (
+            ("upload", "upload_s", "#90caf9"),
+            ("validate", "validate_s", "#42a5f5"),
+            ("run", "run_s", "#1e88e5"),
+            ("finalize", "finalize_s", "#0d47a1"),
+        ):
             ax.bar(["50,000 lines"], [best[key]], bottom=bottom, label=f"{phase} {best[key]:.1f} s", color=shade)
             bottom += best[key]
         ax.axhline(r["params"]["lines"] / r["target"], color="black", linestyle="--", label="target: 1,000 lines/s")
@@ -144,10 +172,20 @@ def plot(results):
         labels = [f"{r['params']['small']:,} lines", f"{r['params']['lines']:,} lines"]
         width = 0.38
         positions = range(len(labels))
-        ax.bar([p - width / 2 for p in positions], [r["small"]["peak_process_mib"], r["large"]["peak_process_mib"]], width,
-               label="largest process (VmHWM)", color="#42a5f5")
-        ax.bar([p + width / 2 for p in positions], [r["small"]["peak_total_pss_mib"], r["large"]["peak_total_pss_mib"]], width,
-               label="whole cluster (PSS)", color="#0d47a1")
+        ax.bar(
+            [p - width / 2 for p in positions],
+            [r["small"]["peak_process_mib"], r["large"]["peak_process_mib"]],
+            width,
+            label="largest process (VmHWM)",
+            color="#42a5f5",
+        )
+        ax.bar(
+            [p + width / 2 for p in positions],
+            [r["small"]["peak_total_pss_mib"], r["large"]["peak_total_pss_mib"]],
+            width,
+            label="whole cluster (PSS)",
+            color="#0d47a1",
+        )
         ax.set_xticks(list(positions), labels)
         ax.axhline(r["target_mib"], color="black", linestyle="--", label=f"target: {r['target_mib']} MiB")
         ax.set_title(f"3. Worker memory: ratio {r['ratio']:.2f}")
@@ -175,10 +213,15 @@ def plot(results):
         ax.set_ylabel("run phase lines/s")
         ax.legend(loc="lower right")
     axes[5].axis("off")
-    notes = [f"{number}. load {load}" for number, load in (
-        (n, summary_load(results[n], n)) for n in sorted(results))]
-    axes[5].text(0, 1, "Load average (before → after)\n" + "\n".join(notes) + f"\n\n{common.machine()['cpus']} CPUs, Python {common.machine()['python']}",
-                 va="top", fontsize=10, family="monospace")
+    notes = [f"{number}. load {load}" for number, load in ((n, summary_load(results[n], n)) for n in sorted(results))]
+    axes[5].text(
+        0,
+        1,
+        "Load average (before → after)\n" + "\n".join(notes) + f"\n\n{common.machine()['cpus']} CPUs, Python {common.machine()['python']}",
+        va="top",
+        fontsize=10,
+        family="monospace",
+    )
     figure.suptitle("django-openai-batches benchmarks (fake upstream in its own process; bench/run_all.py)")
     figure.tight_layout()
     PLOT.parent.mkdir(parents=True, exist_ok=True)

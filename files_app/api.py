@@ -74,8 +74,10 @@ def exception_handler(exc, context):
     if isinstance(exc, OpenAIError):
         body, status_code, headers = {"error": exc.error}, exc.status_code, exc.headers
     elif isinstance(exc, (exceptions.NotAuthenticated, exceptions.AuthenticationFailed)):
-        message = str(exc.detail) if isinstance(exc, exceptions.AuthenticationFailed) else (
-            "You didn't provide an API key. Send 'Authorization: Bearer <key>'."
+        message = (
+            str(exc.detail)
+            if isinstance(exc, exceptions.AuthenticationFailed)
+            else ("You didn't provide an API key. Send 'Authorization: Bearer <key>'.")
         )
         body = error_body(message, code="invalid_api_key")
         status_code = status.HTTP_401_UNAUTHORIZED
@@ -285,7 +287,8 @@ def parse_limit(raw, max_limit):
         raise OpenAIError(f"Invalid 'limit': expected an integer, got '{raw}'.", param="limit", code="invalid_type")
     if not 1 <= limit <= max_limit:
         raise OpenAIError(
-            f"Invalid 'limit': integer below minimum value or above maximum value. Expected a value between 1 and {max_limit}, but got {limit} instead.",
+            f"Invalid 'limit': integer below minimum value or above maximum value. Expected a value between 1 and "
+            f"{max_limit}, but got {limit} instead.",
             param="limit",
             code="integer_out_of_range",
         )

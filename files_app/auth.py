@@ -20,9 +20,7 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         if not header:
             return None
         if header[0].lower() != self.keyword.lower().encode() or len(header) != 2:
-            raise exceptions.AuthenticationFailed(
-                "Incorrect API key format. Send 'Authorization: Bearer <key>'.", code="invalid_api_key"
-            )
+            raise exceptions.AuthenticationFailed("Incorrect API key format. Send 'Authorization: Bearer <key>'.", code="invalid_api_key")
         try:
             raw = header[1].decode("ascii")
         except UnicodeDecodeError:

@@ -22,7 +22,9 @@ def check_settings(app_configs, **kwargs):
     for key in user:
         if key not in DEFAULTS:
             errors.append(
-                Error(f"Unknown key {key!r} in settings.{SETTING_NAME}.", hint=f"Known keys: {', '.join(DEFAULTS)}.", id="openai_batches.E002")
+                Error(
+                    f"Unknown key {key!r} in settings.{SETTING_NAME}.", hint=f"Known keys: {', '.join(DEFAULTS)}.", id="openai_batches.E002"
+                )
             )
     for app in ("rest_framework", "django_q"):
         if app not in settings.INSTALLED_APPS:
@@ -45,7 +47,8 @@ def check_throttle(rate):
     if num_requests < 1:
         return [
             Error(
-                f"{SETTING_NAME}['THROTTLE_RATE'] must look like '600/min' (a positive number, '/', then s, min, hour or day), got {rate!r}.",
+                f"{SETTING_NAME}['THROTTLE_RATE'] must look like '600/min' (a positive number, '/', then s, min, "
+                f"hour or day), got {rate!r}.",
                 id="openai_batches.E005",
             )
         ]
@@ -56,7 +59,8 @@ def check_throttle(rate):
             Warning(
                 f"{SETTING_NAME}['THROTTLE_RATE'] is set but the default cache ({backend.rsplit('.', 1)[-1]}) "
                 f"{PROCESS_LOCAL_CACHES[backend]}: with several web worker processes each key gets more than its rate.",
-                hint="Use a shared cache (Redis, Memcached, database) as CACHES['default'], or silence this check on a single-process site.",
+                hint="Use a shared cache (Redis, Memcached, database) as CACHES['default'], or silence this check "
+                "on a single-process site.",
                 id="openai_batches.W002",
             )
         ]

@@ -94,5 +94,3 @@ class AppSettings:
 
 
 app_settings = AppSettings()
-
-

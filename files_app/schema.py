@@ -75,9 +75,7 @@ def enum(values, **kwargs):
 
 
 def limit_parameter(maximum, default):
-    return OpenApiParameter(
-        "limit", {"type": "integer", "minimum": 1, "maximum": maximum, "default": default}, description="Page size."
-    )
+    return OpenApiParameter("limit", {"type": "integer", "minimum": 1, "maximum": maximum, "default": default}, description="Page size.")
 
 
 def path_id(description):
@@ -141,7 +139,10 @@ documented_file_views = extend_schema_view(
         responses={200: list_of("ListFilesResponse", OpenAIFileSerializer), **errors(400)},
     ),
     retrieve=extend_schema(
-        operation_id="retrieveFile", summary="Retrieve a file", parameters=[FILE_ID], responses={200: OpenAIFileSerializer, **errors(400, 404)}
+        operation_id="retrieveFile",
+        summary="Retrieve a file",
+        parameters=[FILE_ID],
+        responses={200: OpenAIFileSerializer, **errors(400, 404)},
     ),
     destroy=extend_schema(
         operation_id="deleteFile", summary="Delete a file", parameters=[FILE_ID], responses={200: DELETE_FILE_RESPONSE, **errors(400, 404)}

@@ -151,11 +151,31 @@ class LocalModel:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "llama_cpp.server", "--model", str(path), "--model_alias", MODEL_ALIAS,
-                 "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", str(CONTEXT_TOKENS),
-                 "--chat_format", CHAT_FORMAT, "--verbose", "False"],
+                [
+                    sys.executable,
+                    "-m",
+                    "llama_cpp.server",
+                    "--model",
+                    str(path),
+                    "--model_alias",
+                    MODEL_ALIAS,
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--n_ctx",
+                    str(CONTEXT_TOKENS),
+                    "--chat_format",
+                    CHAT_FORMAT,
+                    "--verbose",
+                    "False",
+                ],
                 # Own session: stopped by stop(), not by a Ctrl-C meant for the caller.
-                cwd=ROOT, env=server_environment(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                cwd=ROOT,
+                env=server_environment(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         return self
 

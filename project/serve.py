@@ -91,9 +91,22 @@ def main():
     # each child once (a qcluster hit by SIGINT and SIGTERM together orphans its workers).
     children += [
         subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "project.wsgi", "-b", f"0.0.0.0:{port}", "-w", os.environ.get("WEB_CONCURRENCY", "2"),
-             "--threads", "4", "--access-logfile", "-"],
-            cwd=ROOT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "project.wsgi",
+                "-b",
+                f"0.0.0.0:{port}",
+                "-w",
+                os.environ.get("WEB_CONCURRENCY", "2"),
+                "--threads",
+                "4",
+                "--access-logfile",
+                "-",
+            ],
+            cwd=ROOT,
+            start_new_session=True,
         ),
         subprocess.Popen([sys.executable, "manage.py", "qcluster"], cwd=ROOT, start_new_session=True),
     ]

@@ -25,7 +25,9 @@ def fake_upstream():
 def upstream(fake_upstream, settings):
     """The fake upstream, reset, and configured as the apps' upstream."""
     fake_upstream.reset()
-    fake_upstream.configure(latency_ms=0, latency_jitter_ms=0, error_500_rate=0, error_503_rate=0, error_429_rate=0, timeout_rate=0, down=False)
+    fake_upstream.configure(
+        latency_ms=0, latency_jitter_ms=0, error_500_rate=0, error_503_rate=0, error_429_rate=0, timeout_rate=0, down=False
+    )
     settings.OPENAI_BATCHES = {
         **getattr(settings, "OPENAI_BATCHES", {}),
         "UPSTREAM_BASE_URL": fake_upstream.base_url,

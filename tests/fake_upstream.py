@@ -116,17 +116,22 @@ class ConfigError(ValueError):
 class HTTPError(Exception):
     """Raised by handlers to answer with an OpenAI error envelope."""
 
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type_: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.body = error_body(message, type_, param, code)
         self.headers = headers or {}
 
 
-def error_body(message: str, type_: str = "invalid_request_error",
-               param: str | None = None, code: str | None = None) -> dict:
+def error_body(message: str, type_: str = "invalid_request_error", param: str | None = None, code: str | None = None) -> dict:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
@@ -385,8 +390,11 @@ class FakeUpstream:
         """Bind inside the running loop (for asyncio callers and the CLI)."""
         self._loop = asyncio.get_running_loop()
         self._server = await asyncio.start_server(
-            self._handle_connection, self.host, self.port,
-            backlog=4096, limit=MAX_HEADER_BYTES,
+            self._handle_connection,
+            self.host,
+            self.port,
+            backlog=4096,
+            limit=MAX_HEADER_BYTES,
         )
         self.port = self._server.sockets[0].getsockname()[1]
         return self
@@ -459,8 +467,7 @@ class FakeUpstream:
 
     # ----------------------------------------------------------------- HTTP layer
 
-    async def _handle_connection(self, reader: asyncio.StreamReader,
-                                 writer: asyncio.StreamWriter) -> None:
+    async def _handle_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         self._conn_tasks.add(task)
         try:
@@ -533,8 +540,9 @@ class FakeUpstream:
             chunks.append(await reader.readexactly(size))
             await reader.readexactly(2)
 
-    def _write(self, writer: asyncio.StreamWriter, status: int, payload: Any,
-               extra_headers: dict[str, str] | None, keep_alive: bool) -> None:
+    def _write(
+        self, writer: asyncio.StreamWriter, status: int, payload: Any, extra_headers: dict[str, str] | None, keep_alive: bool
+    ) -> None:
         body = payload if isinstance(payload, bytes) else json.dumps(payload, separators=(",", ":")).encode()
         head = [
             f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}",
@@ -575,8 +583,9 @@ class FakeUpstream:
 
     # ----------------------------------------------------------------- inference routes
 
-    async def _inference(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                         method: str, path: str, raw: bytes, keep_alive: bool) -> bool:
+    async def _inference(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, method: str, path: str, raw: bytes, keep_alive: bool
+    ) -> bool:
         """Serve one /v1 request; returns whether the connection stays open."""
         cfg = self._config  # one consistent snapshot per request
         body: Any = None
@@ -623,18 +632,21 @@ class FakeUpstream:
             extra: dict[str, str] | None = None
             try:
                 if fault == "error_500_rate":
-                    raise HTTPError(500, "The server had an error while processing your request. "
-                                    "Sorry about that! (injected)", "server_error")
+                    raise HTTPError(
+                        500, "The server had an error while processing your request. Sorry about that! (injected)", "server_error"
+                    )
                 if fault == "error_503_rate":
-                    raise HTTPError(503, "The engine is currently overloaded, please try again "
-                                    "later. (injected)", "server_error")
+                    raise HTTPError(503, "The engine is currently overloaded, please try again later. (injected)", "server_error")
                 if fault == "error_429_rate":
-                    raise HTTPError(429, "Rate limit reached for requests (injected).", "requests",
-                                    code="rate_limit_exceeded",
-                                    headers={"retry-after": f"{cfg['retry_after_s']:g}"})
+                    raise HTTPError(
+                        429,
+                        "Rate limit reached for requests (injected).",
+                        "requests",
+                        code="rate_limit_exceeded",
+                        headers={"retry-after": f"{cfg['retry_after_s']:g}"},
+                    )
                 if parse_error is not None:
-                    raise HTTPError(400, f"We could not parse the JSON body of your request. "
-                                    f"({parse_error})")
+                    raise HTTPError(400, f"We could not parse the JSON body of your request. ({parse_error})")
                 status, payload = 200, self._route(method, path, body, raw)
             except HTTPError as exc:
                 status, payload, extra = exc.status, exc.body, exc.headers
@@ -655,10 +667,9 @@ class FakeUpstream:
                 raise HTTPError(405, f"Method {method} not allowed on {path}")
             if path == "/v1/models":
                 return {"object": "list", "data": [_model_obj(m) for m in self._config["models"]]}
-            model = path[len("/v1/models/"):]
+            model = path[len("/v1/models/") :]
             if model not in self._models:
-                raise HTTPError(404, f"The model `{model}` does not exist", param="model",
-                                code="model_not_found")
+                raise HTTPError(404, f"The model `{model}` does not exist", param="model", code="model_not_found")
             return _model_obj(model)
         handler = self._HANDLERS.get(path)
         if handler is None:
@@ -668,8 +679,7 @@ class FakeUpstream:
         if not isinstance(body, dict):
             raise HTTPError(400, "The request body must be a JSON object.")
         if b"FAIL_400" in raw:
-            raise HTTPError(400, "Deliberate failure requested by FAIL_400 marker.",
-                            code="fake_fail_400")
+            raise HTTPError(400, "Deliberate failure requested by FAIL_400 marker.", code="fake_fail_400")
         if b"FAIL_500" in raw:
             raise HTTPError(500, "Deliberate failure requested by FAIL_500 marker.", "server_error")
         model = body.get("model")
@@ -678,8 +688,7 @@ class FakeUpstream:
         elif not isinstance(model, str) or not model:
             raise HTTPError(400, "you must provide a model parameter", param="model")
         elif model not in self._models:
-            raise HTTPError(404, f"The model `{model}` does not exist", param="model",
-                            code="model_not_found")
+            raise HTTPError(404, f"The model `{model}` does not exist", param="model", code="model_not_found")
         if body.get("stream"):
             raise HTTPError(400, "stream=true is not supported by the fake upstream", param="stream")
         return handler(self, model, body)
@@ -699,13 +708,15 @@ class FakeUpstream:
             "object": "chat.completion",
             "created": int(time.time()),
             "model": model,
-            "choices": [{
-                "index": i,
-                "message": {"role": "assistant", "content": text, "refusal": None,
-                            "annotations": []},
-                "finish_reason": "stop",
-                "logprobs": None,
-            } for i in range(n)],
+            "choices": [
+                {
+                    "index": i,
+                    "message": {"role": "assistant", "content": text, "refusal": None, "annotations": []},
+                    "finish_reason": "stop",
+                    "logprobs": None,
+                }
+                for i in range(n)
+            ],
             "usage": _usage(prompt_tokens, completion_tokens),
             "service_tier": "default",
             "system_fingerprint": "fp_fake",
@@ -721,8 +732,7 @@ class FakeUpstream:
             prompt_tokens += _item_tokens(prompt)
             text = _echo(_item_text(prompt))
             for _ in range(n):
-                choices.append({"index": len(choices), "text": text,
-                                "finish_reason": "stop", "logprobs": None})
+                choices.append({"index": len(choices), "text": text, "finish_reason": "stop", "logprobs": None})
                 completion_tokens += _tokens(text)
         return {
             "id": self._id("cmpl-"),
@@ -748,8 +758,7 @@ class FakeUpstream:
                 vector = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
             data.append({"object": "embedding", "index": i, "embedding": vector})
         tokens = sum(_item_tokens(item) for item in items)
-        return {"object": "list", "data": data, "model": model,
-                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+        return {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
     def _responses(self, model: str, body: dict) -> dict:
         value = body.get("input")
@@ -775,14 +784,15 @@ class FakeUpstream:
             "instructions": instructions,
             "max_output_tokens": body.get("max_output_tokens"),
             "metadata": body.get("metadata") or {},
-            "output": [{
-                "type": "message",
-                "id": self._id("msg_"),
-                "status": "completed",
-                "role": "assistant",
-                "content": [{"type": "output_text", "text": text, "annotations": [],
-                             "logprobs": []}],
-            }],
+            "output": [
+                {
+                    "type": "message",
+                    "id": self._id("msg_"),
+                    "status": "completed",
+                    "role": "assistant",
+                    "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}],
+                }
+            ],
             "parallel_tool_calls": True,
             "previous_response_id": body.get("previous_response_id"),
             "temperature": body.get("temperature", 1.0),
@@ -832,8 +842,7 @@ def _model_obj(model: str) -> dict:
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
 
 
 def _positive_int(value: Any, name: str) -> int:

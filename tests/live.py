@@ -106,9 +106,7 @@ class LiveStack:
         return env
 
     def manage(self, *args):
-        result = subprocess.run(
-            [sys.executable, "manage.py", *args], cwd=ROOT, env=self.env(), capture_output=True, text=True, timeout=300
-        )
+        result = subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=self.env(), capture_output=True, text=True, timeout=300)
         if result.returncode:
             raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
         return result.stdout
@@ -119,9 +117,24 @@ class LiveStack:
         self.api_key = self.manage("create_api_key", "live-user").strip().splitlines()[-1]
         self.web_log = open(self.workdir / "web.log", "ab")
         self.web = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "project.wsgi", "-b", f"127.0.0.1:{self.port}", "-w", str(self.web_workers),
-             "--threads", "4", "--graceful-timeout", "5"],
-            cwd=ROOT, env=self.env(), stdout=self.web_log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "project.wsgi",
+                "-b",
+                f"127.0.0.1:{self.port}",
+                "-w",
+                str(self.web_workers),
+                "--threads",
+                "4",
+                "--graceful-timeout",
+                "5",
+            ],
+            cwd=ROOT,
+            env=self.env(),
+            stdout=self.web_log,
+            stderr=subprocess.STDOUT,
         )
         self.start_workers()
         wait_until(self._web_ready, 30, what="the web server")
@@ -142,8 +155,14 @@ class LiveStack:
         for _ in range(count or self.worker_processes):
             log = open(self.workdir / f"worker{len(self.workers)}.log", "ab")
             self.workers.append(
-                subprocess.Popen([sys.executable, "manage.py", "qcluster"], cwd=ROOT, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
-                                 start_new_session=True)
+                subprocess.Popen(
+                    [sys.executable, "manage.py", "qcluster"],
+                    cwd=ROOT,
+                    env=self.env(),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
             )
 
     def kill_workers(self, sig=signal.SIGKILL):

@@ -13,7 +13,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from batches import lifecycle, operations, tasks
-from batches.models import Batch, BatchRequest, BatchStatus, RequestStatus
+from batches.models import Batch, BatchStatus, RequestStatus
 from files_app.models import ApiKey, File, hash_key
 from tests.conftest import chat_line
 
@@ -175,7 +175,10 @@ def test_search_matching_many_rows_of_one_batch_lists_it_once(admin_client, make
 
 
 def test_filters(admin_client, batch_with_failures, running_batch, make_batch):
-    embeddings = make_batch([{"custom_id": "e", "method": "POST", "url": "/v1/embeddings", "body": {"model": "fake-embed", "input": "x"}}], endpoint="/v1/embeddings")
+    embeddings = make_batch(
+        [{"custom_id": "e", "method": "POST", "url": "/v1/embeddings", "body": {"model": "fake-embed", "input": "x"}}],
+        endpoint="/v1/embeddings",
+    )
 
     def listed(**params):
         response = admin_client.get(BATCHES_URL, params)
@@ -187,7 +190,11 @@ def test_filters(admin_client, batch_with_failures, running_batch, make_batch):
     assert listed(model="fake-model") == {batch_with_failures, running_batch}
     assert listed(owner__id__exact=running_batch.owner_id) == {running_batch}
     today = timezone.localtime().replace(hour=0, minute=0, second=0, microsecond=0)  # as the "Today" link sends it
-    assert listed(created_at__gte=str(today), created_at__lt=str(today + timedelta(days=1))) == {batch_with_failures, running_batch, embeddings}
+    assert listed(created_at__gte=str(today), created_at__lt=str(today + timedelta(days=1))) == {
+        batch_with_failures,
+        running_batch,
+        embeddings,
+    }
     retry = operations.retry_failed_requests(batch_with_failures)
     assert listed(lineage="retry") == {retry}
 
@@ -548,7 +555,9 @@ def test_no_banner_when_a_task_finished_recently(admin_client, running_batch):
     from django_q.models import Success
 
     now = timezone.now()
-    Success.objects.create(id="t1", name="run_batch", func="batches.tasks.run_batch", started=now, stopped=now, success=True, group=running_batch.id)
+    Success.objects.create(
+        id="t1", name="run_batch", func="batches.tasks.run_batch", started=now, stopped=now, success=True, group=running_batch.id
+    )
     assert not banner_in(admin_client)
     Success.objects.filter(pk="t1").update(stopped=now - timedelta(minutes=10))
     assert banner_in(admin_client)

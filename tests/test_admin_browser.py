@@ -90,7 +90,10 @@ def console_data(transactional_db, run_through_django_q, make_user, upstream):
         metadata={"project": "support-faq", "schedule": "nightly"},
     )
     embeddings = run_through_django_q(
-        [{"custom_id": f"doc-{n}", "method": "POST", "url": "/v1/embeddings", "body": {"model": "fake-embed", "input": f"doc {n}"}} for n in range(8)],
+        [
+            {"custom_id": f"doc-{n}", "method": "POST", "url": "/v1/embeddings", "body": {"model": "fake-embed", "input": f"doc {n}"}}
+            for n in range(8)
+        ],
         owner=bob,
         endpoint="/v1/embeddings",
         metadata={"project": "search-index"},

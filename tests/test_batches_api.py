@@ -208,7 +208,9 @@ def test_list_default_limit_is_20(api, make_batch):
     assert len(api.get("/v1/batches", {"limit": 100}).json()["data"]) == 21
 
 
-@pytest.mark.parametrize("limit, code", [("0", "integer_out_of_range"), ("101", "integer_out_of_range"), ("-1", "integer_out_of_range"), ("x", "invalid_type")])
+@pytest.mark.parametrize(
+    "limit, code", [("0", "integer_out_of_range"), ("101", "integer_out_of_range"), ("-1", "integer_out_of_range"), ("x", "invalid_type")]
+)
 def test_list_bad_limit(api, limit, code):
     assert_error(api.get("/v1/batches", {"limit": limit}), 400, param="limit", code=code)
 

@@ -183,9 +183,7 @@ def manage_check(tmp_path, settings_body, *args):
         "VAR_DIR": str(tmp_path / "var"),
         "BATCHES_UPSTREAM_BASE_URL": "http://127.0.0.1:9/v1",
     }
-    return subprocess.run(
-        [sys.executable, "manage.py", "check", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
-    )
+    return subprocess.run([sys.executable, "manage.py", "check", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
 
 
 def test_project_settings_pass_manage_py_check_clean(tmp_path):

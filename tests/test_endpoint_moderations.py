@@ -19,8 +19,11 @@ def test_moderations_batch_output_parses_as_moderation_responses(live_client):
     lines = [
         moderation_line("string", "a harmless sentence", model="fake-model"),
         moderation_line("strings", ["one", "two"], model="fake-model"),
-        moderation_line("parts", [{"type": "text", "text": "look"}, {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}],
-                        model="fake-model"),
+        moderation_line(
+            "parts",
+            [{"type": "text", "text": "look"}, {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}],
+            model="fake-model",
+        ),
         moderation_line("empty-array", [], model="fake-model"),
     ]
     batch = create_and_wait(live_client, ENDPOINT, lines)

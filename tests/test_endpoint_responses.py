@@ -41,7 +41,9 @@ def test_responses_batch_output_parses_as_responses(live_client):
     # Responses usage has the detail fields; the batch sums them as OpenAI does.
     usage = raw["usage"]
     assert (usage["input_tokens"], usage["output_tokens"]) == usage_of(bodies.values())
-    assert usage["input_tokens_details"]["cached_tokens"] == sum(b["usage"]["input_tokens_details"]["cached_tokens"] for b in bodies.values())
+    assert usage["input_tokens_details"]["cached_tokens"] == sum(
+        b["usage"]["input_tokens_details"]["cached_tokens"] for b in bodies.values()
+    )
     assert usage["output_tokens_details"]["reasoning_tokens"] == sum(
         b["usage"]["output_tokens_details"]["reasoning_tokens"] for b in bodies.values()
     )

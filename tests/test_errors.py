@@ -73,7 +73,11 @@ def test_wrong_method_is_405_json(strict_api, method, path):
 
 @pytest.mark.parametrize(
     "viewset, method_name, path",
-    [(BatchViewSet, "list", "/v1/batches"), (FileViewSet, "retrieve", "/v1/files/file-x"), (BatchViewSet, "cancel", "/v1/batches/b/cancel")],
+    [
+        (BatchViewSet, "list", "/v1/batches"),
+        (FileViewSet, "retrieve", "/v1/files/file-x"),
+        (BatchViewSet, "cancel", "/v1/batches/b/cancel"),
+    ],
 )
 def test_unexpected_exception_is_a_logged_500_envelope(api, monkeypatch, caplog, viewset, method_name, path):
     def explode(self, request, *args, **kwargs):

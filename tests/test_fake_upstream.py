@@ -19,7 +19,7 @@ from pathlib import Path
 
 import openai
 import pytest
-from openai.types import CreateEmbeddingResponse, Completion, ModerationCreateResponse
+from openai.types import Completion, CreateEmbeddingResponse, ModerationCreateResponse
 from openai.types.chat import ChatCompletion
 from openai.types.responses import Response
 
@@ -45,8 +45,7 @@ def client(srv):
 def http(srv, method, path, payload=None, raw=None):
     """Plain urllib call (sends Connection: close); returns (status, headers, json)."""
     data = raw if raw is not None else (json.dumps(payload).encode() if payload is not None else None)
-    req = urllib.request.Request(srv.url + path, data=data, method=method,
-                                 headers={"content-type": "application/json"})
+    req = urllib.request.Request(srv.url + path, data=data, method=method, headers={"content-type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             return resp.status, resp.headers, json.loads(resp.read())
@@ -74,8 +73,8 @@ def test_models_list(client):
 
 def test_chat_completion_parses_and_honours_n(client):
     raw = client.chat.completions.with_raw_response.create(
-        model="fake-model", n=3,
-        messages=[{"role": "system", "content": "be brief"}, *USER])
+        model="fake-model", n=3, messages=[{"role": "system", "content": "be brief"}, *USER]
+    )
     assert raw.headers["x-request-id"].startswith("req_")
     ChatCompletion.model_validate(json.loads(raw.http_response.content))  # strict shape check
     completion = raw.parse()
@@ -91,8 +90,8 @@ def test_chat_completion_parses_and_honours_n(client):
 
 def test_chat_completion_content_parts(client):
     completion = client.chat.completions.create(
-        model="fake-model",
-        messages=[{"role": "user", "content": [{"type": "text", "text": "part one"}]}])
+        model="fake-model", messages=[{"role": "user", "content": [{"type": "text", "text": "part one"}]}]
+    )
     assert completion.choices[0].message.content == "echo: part one"
 
 
@@ -105,15 +104,17 @@ def test_completions(client):
     assert completion.usage.total_tokens == completion.usage.prompt_tokens + completion.usage.completion_tokens
 
 
-@pytest.mark.parametrize("value, count", [
-    ("one string", 1),
-    (["a", "b", "c"], 3),
-    ([1, 2, 3], 1),
-    ([[1, 2], [3]], 2),
-])
+@pytest.mark.parametrize(
+    "value, count",
+    [
+        ("one string", 1),
+        (["a", "b", "c"], 3),
+        ([1, 2, 3], 1),
+        ([[1, 2], [3]], 2),
+    ],
+)
 def test_embeddings_input_shapes(client, value, count):
-    raw = client.embeddings.with_raw_response.create(model="fake-embed", input=value,
-                                                     encoding_format="float")
+    raw = client.embeddings.with_raw_response.create(model="fake-embed", input=value, encoding_format="float")
     parsed = CreateEmbeddingResponse.model_validate(json.loads(raw.http_response.content))
     assert [d.index for d in parsed.data] == list(range(count))
     assert all(len(d.embedding) == 8 for d in parsed.data)
@@ -142,8 +143,8 @@ def test_responses(client):
 
 def test_responses_message_input(client):
     response = client.responses.create(
-        model="fake-model",
-        input=[{"role": "user", "content": [{"type": "input_text", "text": "from parts"}]}])
+        model="fake-model", input=[{"role": "user", "content": [{"type": "input_text", "text": "from parts"}]}]
+    )
     assert response.output_text == "echo: from parts"
 
 
@@ -176,8 +177,7 @@ def test_invalid_json_is_400(srv):
 
 def test_fail_markers(client, srv):
     with pytest.raises(openai.BadRequestError):
-        client.chat.completions.create(model="fake-model",
-                                       messages=[{"role": "user", "content": "x FAIL_400 y"}])
+        client.chat.completions.create(model="fake-model", messages=[{"role": "user", "content": "x FAIL_400 y"}])
     with pytest.raises(openai.InternalServerError):
         client.completions.create(model="fake-model", prompt="FAIL_500")
     with pytest.raises(openai.BadRequestError):
@@ -206,8 +206,7 @@ def test_500_and_503_injection(client, srv):
 
 def test_seeded_faults_are_reproducible():
     def run():
-        with FakeUpstream(error_500_rate=0.5, seed=42) as server, \
-                openai.OpenAI(base_url=server.base_url, api_key="x", max_retries=0) as c:
+        with FakeUpstream(error_500_rate=0.5, seed=42) as server, openai.OpenAI(base_url=server.base_url, api_key="x", max_retries=0) as c:
             outcome = []
             for _ in range(20):
                 try:
@@ -322,8 +321,7 @@ def test_latency_keeps_requests_in_flight(srv):
 
     async def burst():
         async with openai.AsyncOpenAI(base_url=srv.base_url, api_key="x", max_retries=0) as c:
-            return await asyncio.gather(*(
-                c.chat.completions.create(model="fake-model", messages=USER) for _ in range(20)))
+            return await asyncio.gather(*(c.chat.completions.create(model="fake-model", messages=USER) for _ in range(20)))
 
     assert len(asyncio.run(burst())) == 20
     assert srv.stats()["max_in_flight"] >= 10
@@ -334,9 +332,11 @@ def test_latency_keeps_requests_in_flight(srv):
 
 def test_throughput_smoke_threads(client, srv):
     def call(i):
-        return client.chat.completions.create(
-            model="fake-model", messages=[{"role": "user", "content": f"line {i}"}]
-        ).choices[0].message.content
+        return (
+            client.chat.completions.create(model="fake-model", messages=[{"role": "user", "content": f"line {i}"}])
+            .choices[0]
+            .message.content
+        )
 
     with ThreadPoolExecutor(max_workers=32) as pool:
         results = list(pool.map(call, range(500)))
@@ -364,9 +364,10 @@ def test_throughput_smoke_async(srv):
 
 def test_cli_prints_url_and_stops_on_sigterm():
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.fake_upstream", "--port", "0", "--models", "a,b",
-         "--latency-ms", "1"],
-        cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True,
+        [sys.executable, "-m", "tests.fake_upstream", "--port", "0", "--models", "a,b", "--latency-ms", "1"],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
         env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
     )
     try:

@@ -24,9 +24,8 @@ import pytest
 from django.db import OperationalError
 from django.utils import timezone
 
-from batches import bulk
+from batches import bulk, tasks
 from batches import runner as runner_module
-from batches import tasks
 from batches.models import Batch, BatchRequest, BatchStatus, RequestStatus
 from batches.runner import BatchRunner, WorkerShutdown
 from tests.conftest import chat_line, upload
@@ -97,7 +96,9 @@ def test_shutdown_keeps_finished_results_and_hands_the_rest_back(validated, upst
     done = rows.filter(status=RequestStatus.SUCCEEDED)
     assert 4 <= done.count() < 12
     # Nothing stays leased: the next runner starts at once, not after LEASE_SECONDS.
-    assert set(rows.exclude(status=RequestStatus.SUCCEEDED).values_list("status", "lease_owner", "attempts")) == {(RequestStatus.PENDING, None, 0)}
+    assert set(rows.exclude(status=RequestStatus.SUCCEEDED).values_list("status", "lease_owner", "attempts")) == {
+        (RequestStatus.PENDING, None, 0)
+    }
     assert Batch.objects.get(pk=batch.id).slot_expires_at is None
 
     assert stopping.exits == 0  # the cluster stops its workers itself
@@ -176,7 +177,7 @@ def test_surplus_runners_step_aside_in_owner_order(validated, settings):
 def test_buffered_results_survive_a_failed_write(validated, upstream, monkeypatch):
     batch = validated([chat_line("a")])
     runner = BatchRunner(batch.id)
-    (pk, attempts, _), = runner._claim(1)
+    ((pk, attempts, _),) = runner._claim(1)
     body = {"object": "chat.completion", "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
     runner.results = [(pk, attempts, runner_module.upstream.Outcome("succeeded", status_code=200, body=body, request_id="req_1"), False)]
     update_each = bulk.update_each
@@ -257,8 +258,18 @@ def fake():
 
 def reset(fake, **config):
     fake.reset()
-    fake.configure(**{"error_500_rate": 0, "error_503_rate": 0, "error_429_rate": 0, "timeout_rate": 0, "down": False,
-                      "retry_after_s": 1.0, **LATENCY, **config})
+    fake.configure(
+        **{
+            "error_500_rate": 0,
+            "error_503_rate": 0,
+            "error_429_rate": 0,
+            "timeout_rate": 0,
+            "down": False,
+            "retry_after_s": 1.0,
+            **LATENCY,
+            **config,
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -377,8 +388,17 @@ def test_sigkill_three_times_loses_and_repeats_nothing_beyond_in_flight(stack, f
     # but not flushed) run twice.
     in_flight = sum(kill["in_flight"] for kill in kills)
     assert repeated <= in_flight
-    record("sigkill_x3", seed=seed, lines=count, kills=kills, repeated_upstream_calls=repeated, in_flight_at_kills=in_flight,
-           output_lines=len(output), error_lines=len(errors), total_s=round(time.monotonic() - started, 1))
+    record(
+        "sigkill_x3",
+        seed=seed,
+        lines=count,
+        kills=kills,
+        repeated_upstream_calls=repeated,
+        in_flight_at_kills=in_flight,
+        output_lines=len(output),
+        error_lines=len(errors),
+        total_s=round(time.monotonic() - started, 1),
+    )
 
 
 @pytest.mark.fault
@@ -395,9 +415,15 @@ def test_transient_upstream_errors_are_retried_until_every_line_succeeds(stack, 
     assert statuses[200] == count
     assert statuses[500] and statuses[503] and statuses[429]
     calls = sum(statuses.values())
-    record("errors_20pct_5xx_10pct_429", lines=count, upstream_calls=calls, responses_by_status=dict(sorted(statuses.items())),
-           fault_share=round((statuses[500] + statuses[503] + statuses[429]) / calls, 3), failed_lines=len(errors),
-           total_s=round(time.monotonic() - started, 1))
+    record(
+        "errors_20pct_5xx_10pct_429",
+        lines=count,
+        upstream_calls=calls,
+        responses_by_status=dict(sorted(statuses.items())),
+        fault_share=round((statuses[500] + statuses[503] + statuses[429]) / calls, 3),
+        failed_lines=len(errors),
+        total_s=round(time.monotonic() - started, 1),
+    )
 
 
 @pytest.mark.fault
@@ -422,9 +448,16 @@ def test_an_upstream_outage_pauses_the_batch_instead_of_failing_it(stack, fake):
     # The breaker probes instead of sending the whole window over and over.
     assert attempts_during < 400
     trips = stack.log().count("runner.breaker_open") - trips_before
-    record("upstream_down_30s", lines=count, progress_at_outage=round(before, 3), progress_after_outage=round(during, 3),
-           calls_during_outage=attempts_during, breaker_trips_logged=trips, completed_s_after_recovery=round(time.monotonic() - back, 1),
-           failed_lines=len(errors))
+    record(
+        "upstream_down_30s",
+        lines=count,
+        progress_at_outage=round(before, 3),
+        progress_after_outage=round(during, 3),
+        calls_during_outage=attempts_during,
+        breaker_trips_logged=trips,
+        completed_s_after_recovery=round(time.monotonic() - back, 1),
+        failed_lines=len(errors),
+    )
 
 
 @pytest.mark.fault
@@ -446,8 +479,14 @@ def test_cancel_half_way_accounts_for_every_line(stack, fake):
     assert all(line["response"] is None and line["error"]["code"] == "batch_cancelled" for line in errors)
     time.sleep(2)
     assert fake.stats()["requests_total"] == calls_at_cancelled  # no call starts after `cancelled`
-    record("cancel_half_way", lines=count, seconds_to_cancelled=round(took, 2), output_lines=len(output),
-           batch_cancelled_lines=len(errors), upstream_calls=calls_at_cancelled)
+    record(
+        "cancel_half_way",
+        lines=count,
+        seconds_to_cancelled=round(took, 2),
+        output_lines=len(output),
+        batch_cancelled_lines=len(errors),
+        upstream_calls=calls_at_cancelled,
+    )
 
 
 def sigterm_mid_batch(stack, fake, prefix, stop):
@@ -472,8 +511,15 @@ def sigterm_mid_batch(stack, fake, prefix, stop):
     assert len(counts) == count
     assert leased == 0  # every claimed row was written or handed back
     assert repeated == 0
-    return {"lines": count, "progress_at_stop": round(at_stop, 3), "in_flight_at_sigterm": in_flight,
-            "seconds_to_stop": round(stopped_s, 2), "rows_left_leased": leased, "repeated_upstream_calls": repeated, "lost": 0}
+    return {
+        "lines": count,
+        "progress_at_stop": round(at_stop, 3),
+        "in_flight_at_sigterm": in_flight,
+        "seconds_to_stop": round(stopped_s, 2),
+        "rows_left_leased": leased,
+        "repeated_upstream_calls": repeated,
+        "lost": 0,
+    }
 
 
 @pytest.mark.fault
@@ -518,8 +564,14 @@ def test_a_short_completion_window_expires_with_partial_output(fake):
         assert 0 < len(output) < count
         expected = {"code": "batch_expired", "message": "This request could not be executed before the completion window expired."}
         assert all(line["response"] is None and line["error"] == expected for line in errors)
-        record("expiry_15s_window", lines=count, output_lines=len(output), batch_expired_lines=len(errors),
-               expired_after_s=batch.expired_at - batch.created_at, expires_at_minus_created=batch.expires_at - batch.created_at)
+        record(
+            "expiry_15s_window",
+            lines=count,
+            output_lines=len(output),
+            batch_expired_lines=len(errors),
+            expired_after_s=batch.expired_at - batch.created_at,
+            expires_at_minus_created=batch.expires_at - batch.created_at,
+        )
 
 
 def runner_processes(stack, batch_ids):
@@ -561,11 +613,20 @@ def test_rate_and_concurrency_limits_hold_across_two_worker_processes(fake):
         stats = fake.stats()
         arrivals = sorted(t for t, path, _ in fake.records() if path == "/v1/chat/completions")
         rate_processes = runner_processes(pair, [b.id for b in batches])
-        record("limits_two_worker_processes", concurrency_limit=8, max_in_flight=max_in_flight,
-               concurrency_runner_processes=len(concurrency_processes), rpm_limit=600, rpm_max_measured=stats["rpm_max"],
-               requests=len(arrivals), first_second_burst=sum(1 for t in arrivals if t - arrivals[0] < 1.0), seconds=round(took, 1),
-               mean_rpm=round(60 * (len(arrivals) - 1) / (arrivals[-1] - arrivals[0]), 1),
-               rate_runner_processes=len(rate_processes), rate_clusters=len({cluster for cluster, _ in rate_processes}))
+        record(
+            "limits_two_worker_processes",
+            concurrency_limit=8,
+            max_in_flight=max_in_flight,
+            concurrency_runner_processes=len(concurrency_processes),
+            rpm_limit=600,
+            rpm_max_measured=stats["rpm_max"],
+            requests=len(arrivals),
+            first_second_burst=sum(1 for t in arrivals if t - arrivals[0] < 1.0),
+            seconds=round(took, 1),
+            mean_rpm=round(60 * (len(arrivals) - 1) / (arrivals[-1] - arrivals[0]), 1),
+            rate_runner_processes=len(rate_processes),
+            rate_clusters=len({cluster for cluster, _ in rate_processes}),
+        )
         assert max_in_flight <= 8
         assert len(concurrency_processes) >= 2
         for n, done in enumerate(finished):

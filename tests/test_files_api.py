@@ -107,7 +107,11 @@ def test_expires_after_sets_expires_at(upload):
         ({"expires_after[anchor]": "now", "expires_after[seconds]": "3600"}, "expires_after.anchor", "invalid_value"),
         ({"expires_after[anchor]": "created_at", "expires_after[seconds]": "soon"}, "expires_after.seconds", "invalid_type"),
         ({"expires_after[anchor]": "created_at", "expires_after[seconds]": "3599"}, "expires_after.seconds", "integer_out_of_range"),
-        ({"expires_after[anchor]": "created_at", "expires_after[seconds]": str(30 * 86400 + 1)}, "expires_after.seconds", "integer_out_of_range"),
+        (
+            {"expires_after[anchor]": "created_at", "expires_after[seconds]": str(30 * 86400 + 1)},
+            "expires_after.seconds",
+            "integer_out_of_range",
+        ),
         ({"expires_after[seconds]": "3600"}, "expires_after.anchor", "invalid_value"),
     ],
 )
@@ -152,7 +156,11 @@ def test_list_filters_by_purpose(api, uploaded):
     body = api.get("/v1/files", {"purpose": "batch"}).json()
     assert [f["id"] for f in body["data"]] == uploaded[2::-1]
     assert api.get("/v1/files", {"purpose": "evals"}).json() == {
-        "object": "list", "data": [], "first_id": None, "last_id": None, "has_more": False
+        "object": "list",
+        "data": [],
+        "first_id": None,
+        "last_id": None,
+        "has_more": False,
     }
 
 
@@ -269,4 +277,3 @@ def test_list_shows_only_own_files(make_client, upload):
     assert [f["id"] for f in owner.get("/v1/files").json()["data"]] == [mine]
     assert [f["id"] for f in stranger.get("/v1/files").json()["data"]] == [theirs]
     assert_error(owner.get("/v1/files", {"after": theirs}), 400, param="after")
-

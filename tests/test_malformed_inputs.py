@@ -26,9 +26,13 @@ def form(*parts, close=True):
         else:
             name, filename, content = part
             out += (
-                f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
-                "Content-Type: application/octet-stream\r\n\r\n"
-            ).encode() + content + b"\r\n"
+                (
+                    f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+                    "Content-Type: application/octet-stream\r\n\r\n"
+                ).encode()
+                + content
+                + b"\r\n"
+            )
     return out + (f"--{BOUNDARY}--\r\n".encode() if close else b"")
 
 
@@ -270,7 +274,9 @@ def test_broken_batch_file_fails_validation_cleanly(case, make_batch, upstream):
 
 def test_broken_batch_through_the_api_reports_errors_data(api, make_file, upstream):
     bad = make_file(b"not json\n" + line("ok") + b"\n" + line("ok") + b"\n", owner=api.user)
-    created = api.post("/v1/batches", {"input_file_id": bad.id, "endpoint": "/v1/chat/completions", "completion_window": "24h"}, format="json")
+    created = api.post(
+        "/v1/batches", {"input_file_id": bad.id, "endpoint": "/v1/chat/completions", "completion_window": "24h"}, format="json"
+    )
     assert created.status_code == 200
     tasks.validate_batch(created.json()["id"])
     batch = api.get(f"/v1/batches/{created.json()['id']}").json()
@@ -302,13 +308,15 @@ def test_error_flood_is_capped(make_batch, upstream, settings):
     assert len(batch.errors) <= 100
 
 
-UNICODE_IDS = ["🚀", "日本語の行", "\u202eevil", "e\u0301", "zero\u200bwidth", "Ω" * 512, "tab\there", "quote\"and\\backslash"]
+UNICODE_IDS = ["🚀", "日本語の行", "\u202eevil", "e\u0301", "zero\u200bwidth", "Ω" * 512, "tab\there", 'quote"and\\backslash']
 
 
 def test_unicode_custom_ids_round_trip_through_a_batch(api, make_file, upstream):
     lines = [chat_line(custom_id) for custom_id in UNICODE_IDS]
     input_file = make_file(lines, owner=api.user)
-    created = api.post("/v1/batches", {"input_file_id": input_file.id, "endpoint": "/v1/chat/completions", "completion_window": "24h"}, format="json")
+    created = api.post(
+        "/v1/batches", {"input_file_id": input_file.id, "endpoint": "/v1/chat/completions", "completion_window": "24h"}, format="json"
+    )
     batch_id = created.json()["id"]
     tasks.validate_batch(batch_id)
     tasks.run_batch(batch_id)

@@ -35,8 +35,12 @@ def test_unknown_model_fails_validation_with_model_not_found(upstream, make_batc
 
     assert batch.status == BatchStatus.FAILED
     assert batch.errors == [
-        {"code": "model_not_found", "message": "The model 'no-such-model' does not exist or is not served here.",
-         "param": "body.model", "line": None}
+        {
+            "code": "model_not_found",
+            "message": "The model 'no-such-model' does not exist or is not served here.",
+            "param": "body.model",
+            "line": None,
+        }
     ]
     assert batch.requests.count() == 0
 

@@ -127,7 +127,17 @@ class Site:
         self.dir = workdir / "site"
         self.port = free_port()
         self.processes = []
-        keep = ("HOME", "LANG", "LC_ALL", "TMPDIR", "PIP_CACHE_DIR", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_CONFIG_FILE")
+        keep = (
+            "HOME",
+            "LANG",
+            "LC_ALL",
+            "TMPDIR",
+            "PIP_CACHE_DIR",
+            "PIP_INDEX_URL",
+            "PIP_EXTRA_INDEX_URL",
+            "PIP_FIND_LINKS",
+            "PIP_CONFIG_FILE",
+        )
         self.env = {key: os.environ[key] for key in keep if key in os.environ}
         self.env.update(
             PATH=f"{self.venv / 'bin'}{os.pathsep}/usr/local/bin:/usr/bin:/bin",
@@ -141,9 +151,7 @@ class Site:
         self.run("python", "-m", "pip", "install", "-q", "--upgrade", "pip", cwd=workdir)
 
     def run(self, *args, cwd=None, timeout=900):
-        result = subprocess.run(
-            [str(a) for a in args], cwd=cwd or self.dir, env=self.env, capture_output=True, text=True, timeout=timeout
-        )
+        result = subprocess.run([str(a) for a in args], cwd=cwd or self.dir, env=self.env, capture_output=True, text=True, timeout=timeout)
         assert result.returncode == 0, f"{' '.join(map(str, args))} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
         return result.stdout
 
@@ -156,7 +164,9 @@ class Site:
     def start(self, command):
         log = open(self.workdir / f"process{len(self.processes)}.log", "ab")
         self.processes.append(
-            subprocess.Popen(["bash", "-c", f"exec {command}"], cwd=self.dir, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            subprocess.Popen(
+                ["bash", "-c", f"exec {command}"], cwd=self.dir, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         )
 
     def serving(self):
@@ -197,7 +207,9 @@ def site(tmp_path, fake_upstream, checkout):
 
 
 @pytest.mark.live
-@pytest.mark.skipif(not os.environ.get("PACKAGING_DJANGO"), reason="set PACKAGING_DJANGO (and PACKAGING_PYTHON) to run; .ci/steps/50-packaging.sh does")
+@pytest.mark.skipif(
+    not os.environ.get("PACKAGING_DJANGO"), reason="set PACKAGING_DJANGO (and PACKAGING_PYTHON) to run; .ci/steps/50-packaging.sh does"
+)
 def test_wheel_installs_into_a_fresh_django_site_and_runs_a_batch(site):
     django_requirement = os.environ["PACKAGING_DJANGO"]
     # The existing site: its Django, and a project made by its django-admin.
@@ -225,11 +237,17 @@ def test_wheel_installs_into_a_fresh_django_site_and_runs_a_batch(site):
         assert versions[1][0] == 6
     # The Django this run installed is one the wheel says it supports.
     classifiers = json.loads(
-        site.run("python", "-c", "import json, importlib.metadata as m; print(json.dumps(m.metadata('django-openai-batches').get_all('Classifier')))")
+        site.run(
+            "python",
+            "-c",
+            "import json, importlib.metadata as m; print(json.dumps(m.metadata('django-openai-batches').get_all('Classifier')))",
+        )
     )
     assert f"Framework :: Django :: {versions[1][0]}.{versions[1][1]}" in classifiers
     # Installed without the bundled service's extras.
-    missing = site.run("python", "-c", "import importlib.util as u; print([m for m in ('drf_spectacular', 'gunicorn', 'whitenoise') if u.find_spec(m)])")
+    missing = site.run(
+        "python", "-c", "import importlib.util as u; print([m for m in ('drf_spectacular', 'gunicorn', 'whitenoise') if u.find_spec(m)])"
+    )
     assert missing.strip() == "[]"
     # The documented settings pass every system check, warnings included.
     site.run("python", "manage.py", "check", "--fail-level", "WARNING")

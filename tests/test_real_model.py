@@ -65,8 +65,12 @@ def output_records(client, batch):
 def test_chat_batch_of_20_lines_all_answered(client):
     questions = ["What is the capital of France?", "Name a primary colour.", "Say hello.", "What is 2 + 2?"]
     lines = [
-        {"custom_id": f"chat-{i}", "method": "POST", "url": "/v1/chat/completions",
-         "body": {"model": MODEL, "messages": [{"role": "user", "content": questions[i % len(questions)]}], "max_tokens": MAX_TOKENS}}
+        {
+            "custom_id": f"chat-{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": MODEL, "messages": [{"role": "user", "content": questions[i % len(questions)]}], "max_tokens": MAX_TOKENS},
+        }
         for i in range(20)
     ]
 
@@ -88,8 +92,12 @@ def test_chat_batch_of_20_lines_all_answered(client):
 
 def test_completions_batch_of_10_lines_all_answered(client):
     lines = [
-        {"custom_id": f"cmpl-{i}", "method": "POST", "url": "/v1/completions",
-         "body": {"model": MODEL, "prompt": f"Counting from {i}: {i}, {i + 1},", "max_tokens": MAX_TOKENS}}
+        {
+            "custom_id": f"cmpl-{i}",
+            "method": "POST",
+            "url": "/v1/completions",
+            "body": {"model": MODEL, "prompt": f"Counting from {i}: {i}, {i + 1},", "max_tokens": MAX_TOKENS},
+        }
         for i in range(10)
     ]
 
@@ -108,8 +116,12 @@ def test_completions_batch_of_10_lines_all_answered(client):
 
 
 def test_model_the_local_server_does_not_serve_fails_validation(client):
-    line = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions",
-            "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": MAX_TOKENS}}
+    line = {
+        "custom_id": "a",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": MAX_TOKENS},
+    }
 
     batch = run_batch(client, "/v1/chat/completions", [line], timeout=60)
 
@@ -150,8 +162,9 @@ def test_make_run_without_upstream_serves_a_batch_with_the_local_model(tmp_path)
     env.update(VAR_DIR=str(tmp_path), PORT=str(port), WEB_CONCURRENCY="1", PYTHONUNBUFFERED="1", BATCHES_Q_NAME=f"serve_{port}")
     log_path = tmp_path / "serve.log"
     with open(log_path, "wb") as log:
-        serve = subprocess.Popen([sys.executable, "-m", "project.serve"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                 start_new_session=True)
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "project.serve"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         try:
             wait_until(lambda: "Serving the API" in log_path.read_text() or serve.poll() is not None, 300, interval=0.5, what="make run")
@@ -163,8 +176,12 @@ def test_make_run_without_upstream_serves_a_batch_with_the_local_model(tmp_path)
         model_url = re.search(r"Local model ready at (\S+) ", output)[1]
         sdk = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=api_key, max_retries=5)
         lines = [
-            {"custom_id": f"q{i}", "method": "POST", "url": "/v1/chat/completions",
-             "body": {"model": MODEL, "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": MAX_TOKENS}}
+            {
+                "custom_id": f"q{i}",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {"model": MODEL, "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": MAX_TOKENS},
+            }
             for i in range(3)
         ]
 

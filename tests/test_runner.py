@@ -12,7 +12,8 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from batches import lifecycle, runner, tasks, upstream as upstream_module
+from batches import lifecycle, runner, tasks
+from batches import upstream as upstream_module
 from batches.models import Batch, BatchRequest, BatchStatus, RequestStatus
 from batches.runner import BatchRunner
 from files_app.models import File
@@ -165,7 +166,9 @@ def test_counters_update_live_while_running(run, upstream, batch_settings, on_fl
     batch_settings(MAX_CONCURRENT_REQUESTS_PER_BATCH=2)
     upstream.configure(latency_ms=50)
     seen = []
-    on_flush(lambda r: seen.append(Batch.objects.filter(pk=r.batch_id).values_list("status", "completed_requests", "failed_requests").get()))
+    on_flush(
+        lambda r: seen.append(Batch.objects.filter(pk=r.batch_id).values_list("status", "completed_requests", "failed_requests").get())
+    )
     _, batch = run([chat_line(f"r{i}", "FAIL_400" if i % 4 == 0 else f"q{i}") for i in range(8)])
     assert batch.request_counts() == {"total": 8, "completed": 6, "failed": 2}
     in_progress = [(done, failed) for status, done, failed in seen if status == BatchStatus.IN_PROGRESS]
@@ -189,7 +192,7 @@ def test_window_slides_past_a_slow_request(run, batch_settings, monkeypatch):
         if content == "slow":
             try:
                 await asyncio.wait_for(all_fast_done.wait(), timeout=10)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         outcome = await real_send(client, endpoint, body)
         finished.append(content)
@@ -432,7 +435,7 @@ def test_results_of_a_runner_whose_lease_was_taken_over_are_discarded(validated)
 def test_results_for_rows_finished_meanwhile_are_discarded(validated):
     batch = validated([chat_line("a")])
     stale = BatchRunner(batch.id)
-    (pk, attempts, _), = stale._claim(1)
+    ((pk, attempts, _),) = stale._claim(1)
     # Finalization (cancel) ended the row while the runner was still waiting on it.
     BatchRequest.objects.filter(pk=pk).update(status=RequestStatus.CANCELLED, lease_owner=None, error={"code": "batch_cancelled"})
     stale.results = [(pk, attempts, succeeded_outcome(pk), False)]

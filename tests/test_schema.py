@@ -83,7 +83,9 @@ def test_every_v1_route_is_described_with_an_operation_id(schema):
             assert operation["operationId"]
             assert operation["security"] == [{"ApiKeyAuth": []}]
             for status in ("401", "429"):
-                assert operation["responses"][status]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorResponse"}
+                assert operation["responses"][status]["content"]["application/json"]["schema"] == {
+                    "$ref": "#/components/schemas/ErrorResponse"
+                }
 
 
 # --- real responses match the schema -------------------------------------------------------------
@@ -255,11 +257,15 @@ def test_apps_work_without_drf_spectacular(tmp_path):
         print(created.status_code, batch.status_code, batch.json()["status"], "drf_spectacular" in sys.modules and sys.modules["drf_spectacular"] is not None)
         """
     )
-    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}", "DJANGO_SETTINGS_MODULE": "host_settings", "VAR_DIR": str(tmp_path / "var")}
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}",
+        "DJANGO_SETTINGS_MODULE": "host_settings",
+        "VAR_DIR": str(tmp_path / "var"),
+    }
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split()[-4:] == ["200", "200", "validating", "False"]
-
 
 
 # --- schemathesis against the live server ----------------------------------------------------------
@@ -272,7 +278,9 @@ NOT_FUZZED = ["createWebhookEndpoint"]
 
 
 @pytest.mark.live
-@pytest.mark.skipif(not os.environ.get("SCHEMATHESIS"), reason="set SCHEMATHESIS to a schemathesis executable; .ci/steps/60-schemathesis.sh does")
+@pytest.mark.skipif(
+    not os.environ.get("SCHEMATHESIS"), reason="set SCHEMATHESIS to a schemathesis executable; .ci/steps/60-schemathesis.sh does"
+)
 def test_schemathesis_finds_no_server_error_and_no_schema_violation(live_stack, live_client, tmp_path):
     # Real objects for the operations that take an id, so fuzzing gets past the 404s.
     kept = live_client.files.create(file=("notes.txt", io.BytesIO(b"hello\n")), purpose="user_data")
@@ -286,7 +294,9 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(live_stack, 
         "retrieveBatch": batch.id, "cancelBatch": batch.id,
     }  # fmt: skip
     config = tmp_path / "schemathesis.toml"
-    config.write_text("".join(f'[[operations]]\ninclude-operation-id = "{op}"\nparameters = {{ id = "{value}" }}\n\n' for op, value in ids.items()))
+    config.write_text(
+        "".join(f'[[operations]]\ninclude-operation-id = "{op}"\nparameters = {{ id = "{value}" }}\n\n' for op, value in ids.items())
+    )
     origin = urllib.parse.urlsplit(live_stack.base_url)._replace(path="").geturl()
     command = [
         os.environ["SCHEMATHESIS"], "--config-file", str(config), "run", f"{origin}/v1/openapi.json",

@@ -56,8 +56,13 @@ LINE_ERRORS = [
     (
         "several_problems",
         {"custom_id": "a", "method": "GET", "url": "/v1/x", "body": {"stream": True}},
-        [("invalid_value", "method"), ("invalid_url", "url"), ("streaming_unsupported", "body.stream"),
-         ("invalid_request", "body.model"), ("invalid_request", "body.messages")],
+        [
+            ("invalid_value", "method"),
+            ("invalid_url", "url"),
+            ("streaming_unsupported", "body.stream"),
+            ("invalid_request", "body.model"),
+            ("invalid_request", "body.messages"),
+        ],
     ),
 ]
 
@@ -127,7 +132,12 @@ REQUEST_PROBLEMS = [
     ("messages_not_list", {"messages": "hi"}, "messages", "invalid_type"),
     ("message_not_object", {"messages": ["hi"]}, "messages[0]", "invalid_type"),
     ("message_bad_role", {"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role", "invalid_value"),
-    ("message_no_content", {"messages": [{"role": "user", "content": "x"}, {"role": "user"}]}, "messages[1].content", "missing_required_parameter"),
+    (
+        "message_no_content",
+        {"messages": [{"role": "user", "content": "x"}, {"role": "user"}]},
+        "messages[1].content",
+        "missing_required_parameter",
+    ),
     ("message_content_number", {"messages": [{"role": "user", "content": 5}]}, "messages[0].content", "invalid_type"),
     ("ok_plain", {}, None, None),
     ("ok_limits", {"max_tokens": 1, "temperature": 0, "top_p": 1, "n": 2, "logprobs": True}, None, None),

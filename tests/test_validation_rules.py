@@ -14,8 +14,8 @@ Three kinds of rows:
 
 import io
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import pytest
 from rest_framework.test import APIClient
@@ -183,13 +183,21 @@ RULES = {
     "chat: body.model empty": FailsBatch([line("a", model="")], [("invalid_request", "body.model", 1)]),
     "chat: body.messages missing": FailsBatch([line("a", messages=None)], [("invalid_request", "body.messages", 1)]),
     "chat: body.messages not an array": FailsBatch([line("a", messages="hi")], [("invalid_request", "body.messages", 1)]),
-    "completions: body.prompt missing": FailsBatch([line("a", COMPLETIONS, prompt=None)], [("invalid_request", "body.prompt", 1)], endpoint=COMPLETIONS),
-    "completions: body.prompt a number": FailsBatch([line("a", COMPLETIONS, prompt=3)], [("invalid_request", "body.prompt", 1)], endpoint=COMPLETIONS),
-    "embeddings: body.input missing": FailsBatch([line("a", EMBEDDINGS, input=None)], [("invalid_request", "body.input", 1)], endpoint=EMBEDDINGS),
+    "completions: body.prompt missing": FailsBatch(
+        [line("a", COMPLETIONS, prompt=None)], [("invalid_request", "body.prompt", 1)], endpoint=COMPLETIONS
+    ),
+    "completions: body.prompt a number": FailsBatch(
+        [line("a", COMPLETIONS, prompt=3)], [("invalid_request", "body.prompt", 1)], endpoint=COMPLETIONS
+    ),
+    "embeddings: body.input missing": FailsBatch(
+        [line("a", EMBEDDINGS, input=None)], [("invalid_request", "body.input", 1)], endpoint=EMBEDDINGS
+    ),
     "embeddings: body.input an object": FailsBatch(
         [line("a", EMBEDDINGS, input={"text": "hi"})], [("invalid_request", "body.input", 1)], endpoint=EMBEDDINGS
     ),
-    "responses: body.input missing": FailsBatch([line("a", RESPONSES, input=None)], [("invalid_request", "body.input", 1)], endpoint=RESPONSES),
+    "responses: body.input missing": FailsBatch(
+        [line("a", RESPONSES, input=None)], [("invalid_request", "body.input", 1)], endpoint=RESPONSES
+    ),
     "moderations: body.input missing": FailsBatch(
         [line("a", MODERATIONS, input=None)], [("invalid_request", "body.input", 1)], endpoint=MODERATIONS
     ),
@@ -199,7 +207,12 @@ RULES = {
     # --- collecting errors ---
     "all errors are collected, several per line": FailsBatch(
         raw(envelope("a", method="GET", url="/v1/completions"), chat_line("b"), b"{", envelope(custom_id=...)),
-        [("invalid_value", "method", 1), ("invalid_url", "url", 1), ("invalid_json_line", None, 3), ("missing_required_parameter", "custom_id", 4)],
+        [
+            ("invalid_value", "method", 1),
+            ("invalid_url", "url", 1),
+            ("invalid_json_line", None, 3),
+            ("missing_required_parameter", "custom_id", 4),
+        ],
     ),
     "errors are capped at MAX_VALIDATION_ERRORS": FailsBatch(
         raw(*[b"{"] * 5), [("invalid_json_line", None, 1), ("invalid_json_line", None, 2)], settings={"MAX_VALIDATION_ERRORS": 2}
@@ -219,16 +232,26 @@ RULES = {
     ),
     "chat: n 0": FailsRequest([chat_line("ok"), chat_line("bad", n=0)], [(2, "integer_below_min_value", "n")]),
     "chat: n 1.5": FailsRequest([chat_line("ok"), chat_line("bad", n=1.5)], [(2, "invalid_type", "n")]),
-    "chat: temperature above 2": FailsRequest([chat_line("ok"), chat_line("bad", temperature=2.5)], [(2, "decimal_above_max_value", "temperature")]),
-    "chat: temperature below 0": FailsRequest([chat_line("ok"), chat_line("bad", temperature=-0.1)], [(2, "decimal_below_min_value", "temperature")]),
-    "chat: temperature a boolean": FailsRequest([chat_line("ok"), chat_line("bad", temperature=True)], [(2, "invalid_type", "temperature")]),
+    "chat: temperature above 2": FailsRequest(
+        [chat_line("ok"), chat_line("bad", temperature=2.5)], [(2, "decimal_above_max_value", "temperature")]
+    ),
+    "chat: temperature below 0": FailsRequest(
+        [chat_line("ok"), chat_line("bad", temperature=-0.1)], [(2, "decimal_below_min_value", "temperature")]
+    ),
+    "chat: temperature a boolean": FailsRequest(
+        [chat_line("ok"), chat_line("bad", temperature=True)], [(2, "invalid_type", "temperature")]
+    ),
     "chat: top_p above 1": FailsRequest([chat_line("ok"), chat_line("bad", top_p=1.5)], [(2, "decimal_above_max_value", "top_p")]),
     "chat: presence_penalty below -2": FailsRequest(
         [chat_line("ok"), chat_line("bad", presence_penalty=-3)], [(2, "decimal_below_min_value", "presence_penalty")]
     ),
-    "chat: top_logprobs above 20": FailsRequest([chat_line("ok"), chat_line("bad", top_logprobs=21)], [(2, "integer_above_max_value", "top_logprobs")]),
+    "chat: top_logprobs above 20": FailsRequest(
+        [chat_line("ok"), chat_line("bad", top_logprobs=21)], [(2, "integer_above_max_value", "top_logprobs")]
+    ),
     "chat: logprobs not a boolean": FailsRequest([chat_line("ok"), chat_line("bad", logprobs=3)], [(2, "invalid_type", "logprobs")]),
-    "chat: more than 4 stop sequences": FailsRequest([chat_line("ok"), chat_line("bad", stop=list("abcde"))], [(2, "array_above_max_length", "stop")]),
+    "chat: more than 4 stop sequences": FailsRequest(
+        [chat_line("ok"), chat_line("bad", stop=list("abcde"))], [(2, "array_above_max_length", "stop")]
+    ),
     "chat: logit_bias out of range": FailsRequest(
         [chat_line("ok"), chat_line("bad", logit_bias={"50256": -101})], [(2, "decimal_below_min_value", "logit_bias.50256")]
     ),
@@ -245,14 +268,17 @@ RULES = {
         [(2, "missing_required_parameter", "messages[1].content")],
     ),
     "chat: tool message without tool_call_id": FailsRequest(
-        [chat_line("ok"), line("bad", messages=[{"role": "tool", "content": "42"}])], [(2, "missing_required_parameter", "messages[0].tool_call_id")]
+        [chat_line("ok"), line("bad", messages=[{"role": "tool", "content": "42"}])],
+        [(2, "missing_required_parameter", "messages[0].tool_call_id")],
     ),
     "chat: content part without type": FailsRequest(
         [chat_line("ok"), line("bad", messages=[{"role": "user", "content": [{"text": "hi"}]}])],
         [(2, "missing_required_parameter", "messages[0].content[0].type")],
     ),
     "completions: max_tokens -1 (0 is allowed)": FailsRequest(
-        [line("ok", COMPLETIONS, max_tokens=0), line("bad", COMPLETIONS, max_tokens=-1)], [(2, "integer_below_min_value", "max_tokens")], COMPLETIONS
+        [line("ok", COMPLETIONS, max_tokens=0), line("bad", COMPLETIONS, max_tokens=-1)],
+        [(2, "integer_below_min_value", "max_tokens")],
+        COMPLETIONS,
     ),
     "completions: best_of below n": FailsRequest(
         [line("ok", COMPLETIONS), line("bad", COMPLETIONS, n=3, best_of=2)], [(2, "invalid_value", "best_of")], COMPLETIONS
@@ -261,7 +287,9 @@ RULES = {
         [line("ok", COMPLETIONS), line("bad", COMPLETIONS, logprobs=6)], [(2, "integer_above_max_value", "logprobs")], COMPLETIONS
     ),
     "completions: prompt mixing strings and tokens": FailsRequest(
-        [line("ok", COMPLETIONS, prompt=[[1, 2], [3]]), line("bad", COMPLETIONS, prompt=["a", 1])], [(2, "invalid_type", "prompt")], COMPLETIONS
+        [line("ok", COMPLETIONS, prompt=[[1, 2], [3]]), line("bad", COMPLETIONS, prompt=["a", 1])],
+        [(2, "invalid_type", "prompt")],
+        COMPLETIONS,
     ),
     "embeddings: input empty string": FailsRequest(
         [line("ok", EMBEDDINGS), line("bad", EMBEDDINGS, input="")], [(2, "empty_string", "input")], EMBEDDINGS
@@ -269,7 +297,9 @@ RULES = {
     "embeddings: input array with an empty string": FailsRequest(
         [line("ok", EMBEDDINGS, input=["a", "b"]), line("bad", EMBEDDINGS, input=["a", ""])], [(2, "empty_string", "input[1]")], EMBEDDINGS
     ),
-    "embeddings: input empty array": FailsRequest([line("ok", EMBEDDINGS), line("bad", EMBEDDINGS, input=[])], [(2, "empty_array", "input")], EMBEDDINGS),
+    "embeddings: input empty array": FailsRequest(
+        [line("ok", EMBEDDINGS), line("bad", EMBEDDINGS, input=[])], [(2, "empty_array", "input")], EMBEDDINGS
+    ),
     "embeddings: input of negative tokens": FailsRequest(
         [line("ok", EMBEDDINGS, input=[1, 2, 3]), line("bad", EMBEDDINGS, input=[1, -2])], [(2, "invalid_type", "input")], EMBEDDINGS
     ),
@@ -295,10 +325,14 @@ RULES = {
         RESPONSES,
     ),
     "responses: input message role unknown": FailsRequest(
-        [line("ok", RESPONSES), line("bad", RESPONSES, input=[{"role": "tool", "content": "hi"}])], [(2, "invalid_value", "input[0].role")], RESPONSES
+        [line("ok", RESPONSES), line("bad", RESPONSES, input=[{"role": "tool", "content": "hi"}])],
+        [(2, "invalid_value", "input[0].role")],
+        RESPONSES,
     ),
     "responses: truncation unknown": FailsRequest(
-        [line("ok", RESPONSES, truncation="auto"), line("bad", RESPONSES, truncation="middle")], [(2, "invalid_value", "truncation")], RESPONSES
+        [line("ok", RESPONSES, truncation="auto"), line("bad", RESPONSES, truncation="middle")],
+        [(2, "invalid_value", "truncation")],
+        RESPONSES,
     ),
     "moderations: input empty array": FailsRequest(
         [line("ok", MODERATIONS, input=["a", "b"]), line("bad", MODERATIONS, input=[])], [(2, "empty_array", "input")], MODERATIONS
@@ -314,7 +348,9 @@ RULES = {
         pending=(1, 3),
     ),
     # --- create-time checks (no batch is stored) ---
-    "create: unknown endpoint": ApiError(create_batch(endpoint="/v1/images/generations"), 400, "invalid_value", "endpoint", "'/v1/moderations'"),
+    "create: unknown endpoint": ApiError(
+        create_batch(endpoint="/v1/images/generations"), 400, "invalid_value", "endpoint", "'/v1/moderations'"
+    ),
     "create: completion_window not 24h": ApiError(create_batch(completion_window="48h"), 400, "invalid_value", "completion_window"),
     "create: metadata over 16 pairs": ApiError(create_batch(metadata=SEVENTEEN_PAIRS), 400, "object_above_max_properties", "metadata"),
     "create: metadata key over 64 chars": ApiError(create_batch(metadata={"k" * 65: "v"}), 400, "invalid_type", "metadata." + "k" * 65),
@@ -325,10 +361,16 @@ RULES = {
         create_batch(input_file_id="file-nope"), 404, None, "input_file_id", "No such File object: file-nope"
     ),
     "create: output_expires_after below 3600 s": ApiError(
-        create_batch(output_expires_after={"anchor": "created_at", "seconds": 3599}), 400, "integer_out_of_range", "output_expires_after.seconds"
+        create_batch(output_expires_after={"anchor": "created_at", "seconds": 3599}),
+        400,
+        "integer_out_of_range",
+        "output_expires_after.seconds",
     ),
     "create: output_expires_after above 30 days": ApiError(
-        create_batch(output_expires_after={"anchor": "created_at", "seconds": 2592001}), 400, "integer_out_of_range", "output_expires_after.seconds"
+        create_batch(output_expires_after={"anchor": "created_at", "seconds": 2592001}),
+        400,
+        "integer_out_of_range",
+        "output_expires_after.seconds",
     ),
     # --- files and the rest of the API ---
     "upload: batch input not .jsonl": ApiError(
@@ -342,10 +384,16 @@ RULES = {
     "no API key": ApiError(lambda ctx: APIClient().get("/v1/batches"), 401, "invalid_api_key", None),
     "unknown route": ApiError(get("/v1/nothing-here"), 404, None, None, "Invalid URL (GET /v1/nothing-here)"),
     "cancel: completed batch": ApiError(
-        cancel_finished(BatchStatus.COMPLETED), 409, "batch_not_cancellable", None, "Cannot cancel a batch with status 'completed'.",
+        cancel_finished(BatchStatus.COMPLETED),
+        409,
+        "batch_not_cancellable",
+        None,
+        "Cannot cancel a batch with status 'completed'.",
         headers={"x-should-retry": "false"},
     ),
-    "cancel: failed batch": ApiError(cancel_finished(BatchStatus.FAILED), 409, "batch_not_cancellable", None, headers={"x-should-retry": "false"}),
+    "cancel: failed batch": ApiError(
+        cancel_finished(BatchStatus.FAILED), 409, "batch_not_cancellable", None, headers={"x-should-retry": "false"}
+    ),
 }
 
 
@@ -380,7 +428,11 @@ def check_request_failures(rule, make_batch, upstream):
     assert batch.status == BatchStatus.IN_PROGRESS, batch.errors
     assert batch.errors is None
     rows = {row.line: row for row in BatchRequest.objects.filter(batch=batch)}
-    failed = [(n, r.response_body["error"]["code"], r.response_body["error"]["param"]) for n, r in sorted(rows.items()) if r.status == RequestStatus.FAILED]
+    failed = [
+        (n, r.response_body["error"]["code"], r.response_body["error"]["param"])
+        for n, r in sorted(rows.items())
+        if r.status == RequestStatus.FAILED
+    ]
     assert failed == rule.failed
     for number, _, _ in rule.failed:
         row = rows[number]

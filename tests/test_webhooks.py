@@ -19,7 +19,6 @@ from batches.models import Batch, BatchStatus, DeliveryStatus, WebhookDelivery, 
 from batches.signals import batch_finished, batch_status_changed
 from tests.conftest import chat_line
 
-
 # --- fixtures -------------------------------------------------------------------------------
 
 
@@ -189,7 +188,11 @@ def test_finished_batch_event_is_signed_for_the_openai_sdk(make_receiver, make_e
     assert event.id.startswith("evt_") and record["headers"]["webhook-id"] == event.id
     assert event.created_at == int(batch.completed_at.timestamp())
     assert json.loads(record["body"]) == {
-        "id": event.id, "object": "event", "type": "batch.completed", "created_at": event.created_at, "data": {"id": batch.id},
+        "id": event.id,
+        "object": "event",
+        "type": "batch.completed",
+        "created_at": event.created_at,
+        "data": {"id": batch.id},
     }
     with pytest.raises(openai.InvalidWebhookSignatureError):
         unwrap(other_secret, record)  # the other endpoint's secret does not verify it
@@ -319,8 +322,9 @@ def test_delivery_task_is_idempotent(make_receiver, make_endpoint, finish_batch,
     assert len(receiver.requests) == 1
 
 
-def test_sweep_recovers_an_attempt_lost_with_its_worker(make_receiver, make_endpoint, finish_batch, task_queue,
-                                                        django_capture_on_commit_callbacks):
+def test_sweep_recovers_an_attempt_lost_with_its_worker(
+    make_receiver, make_endpoint, finish_batch, task_queue, django_capture_on_commit_callbacks
+):
     receiver = make_receiver()
     endpoint, _, client = make_endpoint(receiver.url)
     finish_batch(client.user)
@@ -438,7 +442,9 @@ def test_public_target_is_accepted_with_the_guard_on(settings):
 
 
 def test_create_returns_the_secret_once(api):
-    response = api.post("/v1/webhooks", {"url": "https://93.184.215.14/hook", "event_types": ["batch.completed", "batch.failed"]}, format="json")
+    response = api.post(
+        "/v1/webhooks", {"url": "https://93.184.215.14/hook", "event_types": ["batch.completed", "batch.failed"]}, format="json"
+    )
     assert response.status_code == 200
     body = response.json()
     assert body["id"].startswith("whep_")
@@ -455,7 +461,10 @@ def test_create_returns_the_secret_once(api):
 
 
 def test_list_is_newest_first_and_paginated(api):
-    ids = [api.post("/v1/webhooks", {"url": f"https://93.184.215.14/{n}", "event_types": ["batch.completed"]}, format="json").json()["id"] for n in range(3)]
+    ids = [
+        api.post("/v1/webhooks", {"url": f"https://93.184.215.14/{n}", "event_types": ["batch.completed"]}, format="json").json()["id"]
+        for n in range(3)
+    ]
     page = api.get("/v1/webhooks", {"limit": 2}).json()
     assert [e["id"] for e in page["data"]] == ids[::-1][:2] and page["has_more"] is True
     rest = api.get("/v1/webhooks", {"limit": 2, "after": page["last_id"]}).json()
@@ -464,7 +473,9 @@ def test_list_is_newest_first_and_paginated(api):
 
 def test_endpoints_are_scoped_to_their_owner(make_client):
     alice, bob = make_client(), make_client()
-    endpoint_id = alice.post("/v1/webhooks", {"url": "https://93.184.215.14/a", "event_types": ["batch.completed"]}, format="json").json()["id"]
+    endpoint_id = alice.post("/v1/webhooks", {"url": "https://93.184.215.14/a", "event_types": ["batch.completed"]}, format="json").json()[
+        "id"
+    ]
 
     assert bob.get("/v1/webhooks").json()["data"] == []
     for response in (bob.get(f"/v1/webhooks/{endpoint_id}"), bob.delete(f"/v1/webhooks/{endpoint_id}")):
@@ -515,7 +526,9 @@ def test_ssrf_refused_by_the_api_when_the_setting_is_off(api, settings):
 
 
 def test_duplicate_event_types_are_stored_once(api):
-    body = api.post("/v1/webhooks", {"url": "https://93.184.215.14/x", "event_types": ["batch.failed", "batch.failed"]}, format="json").json()
+    body = api.post(
+        "/v1/webhooks", {"url": "https://93.184.215.14/x", "event_types": ["batch.failed", "batch.failed"]}, format="json"
+    ).json()
     assert body["event_types"] == ["batch.failed"]
 
 
@@ -553,7 +566,9 @@ def test_admin_refuses_private_urls_when_not_allowed(admin_client, admin_user, s
     assert not WebhookEndpoint.objects.exists()
 
 
-def test_admin_delivery_log_and_resend(admin_client, make_receiver, make_endpoint, finish_batch, task_queue, django_capture_on_commit_callbacks):
+def test_admin_delivery_log_and_resend(
+    admin_client, make_receiver, make_endpoint, finish_batch, task_queue, django_capture_on_commit_callbacks
+):
     receiver = make_receiver(script=[500])
     endpoint, secret, client = make_endpoint(receiver.url)
     finish_batch(client.user)
@@ -658,8 +673,9 @@ def test_signals_wait_for_the_commit(make_batch, upstream, make_user, signal_log
     "end, event_type",
     [("cancel", "batch.cancelled"), ("expire", "batch.expired"), ("fail", "batch.failed")],
 )
-def test_every_terminal_status_has_its_event(end, event_type, make_batch, upstream, make_receiver, make_endpoint, task_queue,
-                                            django_capture_on_commit_callbacks):
+def test_every_terminal_status_has_its_event(
+    end, event_type, make_batch, upstream, make_receiver, make_endpoint, task_queue, django_capture_on_commit_callbacks
+):
     receiver = make_receiver()
     endpoint, secret, client = make_endpoint(receiver.url)
     with django_capture_on_commit_callbacks(execute=True):

@@ -4,18 +4,20 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('batches', '0003_webhooks'),
+        ("batches", "0003_webhooks"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='RateLimitBucket',
+            name="RateLimitBucket",
             fields=[
-                ('key', models.CharField(help_text='"model:<id>" or "upstream:<base url>".', max_length=255, primary_key=True, serialize=False)),
-                ('requests_tat', models.FloatField(default=0.0)),
-                ('tokens_tat', models.FloatField(default=0.0)),
+                (
+                    "key",
+                    models.CharField(help_text='"model:<id>" or "upstream:<base url>".', max_length=255, primary_key=True, serialize=False),
+                ),
+                ("requests_tat", models.FloatField(default=0.0)),
+                ("tokens_tat", models.FloatField(default=0.0)),
             ],
         ),
     ]

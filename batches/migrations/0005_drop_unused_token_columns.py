@@ -4,18 +4,17 @@ from django.db import migrations
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('batches', '0004_ratelimit'),
+        ("batches", "0004_ratelimit"),
     ]
 
     operations = [
         migrations.RemoveField(
-            model_name='batchrequest',
-            name='input_tokens',
+            model_name="batchrequest",
+            name="input_tokens",
         ),
         migrations.RemoveField(
-            model_name='batchrequest',
-            name='output_tokens',
+            model_name="batchrequest",
+            name="output_tokens",
         ),
     ]

@@ -2,13 +2,13 @@
 
 import django.db.models.deletion
 import django.utils.timezone
-import files_app.models
 from django.conf import settings
 from django.db import migrations, models
 
+import files_app.models
+
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
@@ -17,37 +17,69 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name='ApiKey',
+            name="ApiKey",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(blank=True, max_length=200)),
-                ('prefix', models.CharField(editable=False, help_text='First characters of the key, to recognise it.', max_length=32)),
-                ('key_hash', models.CharField(editable=False, max_length=64, unique=True)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now, editable=False)),
-                ('last_used_at', models.DateTimeField(blank=True, editable=False, null=True)),
-                ('revoked_at', models.DateTimeField(blank=True, null=True)),
-                ('user', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='openai_api_keys', to=settings.AUTH_USER_MODEL)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("name", models.CharField(blank=True, max_length=200)),
+                ("prefix", models.CharField(editable=False, help_text="First characters of the key, to recognise it.", max_length=32)),
+                ("key_hash", models.CharField(editable=False, max_length=64, unique=True)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now, editable=False)),
+                ("last_used_at", models.DateTimeField(blank=True, editable=False, null=True)),
+                ("revoked_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "user",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="openai_api_keys", to=settings.AUTH_USER_MODEL
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'API key',
-                'ordering': ['-created_at'],
+                "verbose_name": "API key",
+                "ordering": ["-created_at"],
             },
         ),
         migrations.CreateModel(
-            name='File',
+            name="File",
             fields=[
-                ('id', models.CharField(default=files_app.models.new_file_id, editable=False, max_length=64, primary_key=True, serialize=False)),
-                ('filename', models.CharField(max_length=255)),
-                ('purpose', models.CharField(choices=[('batch', 'Batch'), ('batch_output', 'Batch Output'), ('assistants', 'Assistants'), ('fine-tune', 'Fine Tune'), ('vision', 'Vision'), ('user_data', 'User Data'), ('evals', 'Evals')], max_length=32)),
-                ('bytes', models.BigIntegerField(default=0)),
-                ('created_at', models.DateTimeField(db_index=True, default=django.utils.timezone.now)),
-                ('expires_at', models.DateTimeField(blank=True, db_index=True, null=True)),
-                ('content', models.FileField(max_length=255, storage=files_app.models.file_storage, upload_to=files_app.models.file_upload_to)),
-                ('owner', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='openai_files', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.CharField(
+                        default=files_app.models.new_file_id, editable=False, max_length=64, primary_key=True, serialize=False
+                    ),
+                ),
+                ("filename", models.CharField(max_length=255)),
+                (
+                    "purpose",
+                    models.CharField(
+                        choices=[
+                            ("batch", "Batch"),
+                            ("batch_output", "Batch Output"),
+                            ("assistants", "Assistants"),
+                            ("fine-tune", "Fine Tune"),
+                            ("vision", "Vision"),
+                            ("user_data", "User Data"),
+                            ("evals", "Evals"),
+                        ],
+                        max_length=32,
+                    ),
+                ),
+                ("bytes", models.BigIntegerField(default=0)),
+                ("created_at", models.DateTimeField(db_index=True, default=django.utils.timezone.now)),
+                ("expires_at", models.DateTimeField(blank=True, db_index=True, null=True)),
+                (
+                    "content",
+                    models.FileField(max_length=255, storage=files_app.models.file_storage, upload_to=files_app.models.file_upload_to),
+                ),
+                (
+                    "owner",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="openai_files", to=settings.AUTH_USER_MODEL
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at', '-id'],
-                'indexes': [models.Index(fields=['owner', 'purpose', 'created_at'], name='files_app_f_owner_i_f55314_idx')],
+                "ordering": ["-created_at", "-id"],
+                "indexes": [models.Index(fields=["owner", "purpose", "created_at"], name="files_app_f_owner_i_f55314_idx")],
             },
         ),
     ]
