@@ -8,6 +8,8 @@ from django.core.checks import Error, Tags, Warning, register
 
 from files_app.conf import SETTING_NAME, app_settings
 
+from .windows import parse_window
+
 # django-q2 brokers that re-deliver a task `retry` seconds after it was pulled
 # unless it was acknowledged (Redis is at-most-once and never re-delivers).
 REDELIVERING_BROKERS = ("orm", "sqs", "mongo", "ironmq", "disque_nodes")
@@ -19,12 +21,36 @@ def check_queue_settings(app_configs, **kwargs):
     if not isinstance(getattr(settings, SETTING_NAME, None) or {}, dict):
         return []  # files_app's check reports openai_batches.E001
     messages = check_q_cluster(getattr(settings, "Q_CLUSTER", None) or {})
+    messages.extend(check_completion_windows(app_settings.COMPLETION_WINDOWS, app_settings.COMPLETION_WINDOW_SECONDS))
     if not upstream_configured():
         messages.append(
             Warning(
                 "No upstream configured: batches will fail validation.",
                 hint="Set OPENAI_BATCHES['UPSTREAM_BASE_URL'] (e.g. BATCHES_UPSTREAM_BASE_URL in the environment).",
                 id="openai_batches.W001",
+            )
+        )
+    return messages
+
+
+def check_completion_windows(windows, override_seconds):
+    messages = []
+    bad = [w for w in windows if parse_window(w) is None] if isinstance(windows, (list, tuple)) else None
+    if not windows or bad is None or bad:
+        messages.append(
+            Error(
+                f"{SETTING_NAME}['COMPLETION_WINDOWS'] must be a non-empty list of windows such as '24h', got {windows!r}.",
+                hint="Each window is a positive whole number followed by m (minutes), h (hours) or d (days), e.g. ['1h', '24h', '7d'].",
+                id="openai_batches.E020",
+            )
+        )
+    if override_seconds is not None and (
+        not isinstance(override_seconds, int) or isinstance(override_seconds, bool) or override_seconds < 1
+    ):
+        messages.append(
+            Error(
+                f"{SETTING_NAME}['COMPLETION_WINDOW_SECONDS'] must be None or a positive integer, got {override_seconds!r}.",
+                id="openai_batches.E021",
             )
         )
     return messages

@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from files_app.conf import app_settings
 
+from . import windows
 from .models import CANCELLABLE_STATUSES, TERMINAL_STATUSES, Batch, BatchStatus
 from .queue import enqueue
 from .signals import batch_finished, batch_status_changed
@@ -70,11 +71,9 @@ def _announce(batch_id, old_status, new_status):
 def create_batch(**fields):
     """Store a new batch in ``validating`` and queue its validation."""
     now = timezone.now()
-    batch = Batch.objects.create(
-        created_at=now,
-        expires_at=now + timedelta(seconds=app_settings.COMPLETION_WINDOW_SECONDS),
-        **fields,
-    )
+    batch = Batch(created_at=now, **fields)
+    batch.expires_at = now + timedelta(seconds=windows.window_seconds(batch.completion_window))
+    batch.save(force_insert=True)
     logger.info(
         "batch.created batch_id=%s owner=%s endpoint=%s input_file_id=%s", batch.id, batch.owner_id, batch.endpoint, batch.input_file_id
     )

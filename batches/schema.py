@@ -99,7 +99,9 @@ CREATE_BATCH_REQUEST = inline_serializer(
     fields={
         "input_file_id": serializers.CharField(help_text="A file with purpose 'batch'."),
         "endpoint": enum(SUPPORTED_ENDPOINTS),
-        "completion_window": enum(["24h"]),
+        "completion_window": serializers.CharField(
+            help_text="'24h' (OpenAI's only value), or any value of the site's OPENAI_BATCHES['COMPLETION_WINDOWS']."
+        ),
         "metadata": MetadataField(required=False, allow_null=True),
         "output_expires_after": OUTPUT_EXPIRES_AFTER,
     },

@@ -8,7 +8,7 @@ from rest_framework.response import Response
 from files_app.api import OpenAIError, OpenAIViewSet, not_found
 from files_app.models import File, FilePurpose
 
-from . import lifecycle
+from . import lifecycle, windows
 from .models import Batch, BatchStatus
 from .validation import SUPPORTED_ENDPOINTS
 
@@ -113,9 +113,10 @@ class BatchViewSet(OpenAIViewSet):
                 param="endpoint",
                 code="invalid_value",
             )
-        if data["completion_window"] != "24h":
+        allowed = windows.allowed_windows()
+        if data["completion_window"] not in allowed:
             raise OpenAIError(
-                f"Invalid value: '{data['completion_window']}'. Supported values are: '24h'.",
+                f"Invalid value: '{data['completion_window']}'. Supported values are: {', '.join(repr(w) for w in allowed)}.",
                 param="completion_window",
                 code="invalid_value",
             )
@@ -140,7 +141,7 @@ class BatchViewSet(OpenAIViewSet):
         fields = {
             "input_file_id": input_file.id,
             "endpoint": endpoint,
-            "completion_window": "24h",
+            "completion_window": data["completion_window"],
             "metadata": metadata,
             "output_expires_after": output_expires_after,
         }

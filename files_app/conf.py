@@ -54,7 +54,12 @@ DEFAULTS = {
     # their requests are handed back; keep it under the orchestrator's stop timeout.
     "SHUTDOWN_GRACE_SECONDS": 5.0,
     # --- Batch limits (OpenAI's) ---
-    "COMPLETION_WINDOW_SECONDS": 24 * 3600,  # shorten in tests to exercise expiry
+    # completion_window values a batch may ask for (batches/windows.py): OpenAI's only
+    # value is "24h"; e.g. ["1h", "24h", "7d"] offers a fast and a background tier.
+    "COMPLETION_WINDOWS": ("24h",),
+    # None: a batch expires its completion_window after creation. A number of seconds
+    # overrides every window (tests use it to exercise expiry).
+    "COMPLETION_WINDOW_SECONDS": None,
     "MAX_REQUESTS_PER_BATCH": 50_000,
     "MAX_INPUT_FILE_BYTES": 200 * 1024 * 1024,
     # Inputs (strings or token arrays) across all requests of one /v1/embeddings batch.

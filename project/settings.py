@@ -18,7 +18,8 @@ def env_bool(name, default=False):
 
 
 def env_int(name, default):
-    return int(os.environ.get(name, default))
+    value = os.environ.get(name)
+    return default if value is None else int(value)
 
 
 def env_float(name, default):
@@ -147,7 +148,8 @@ OPENAI_BATCHES = {
     "RATE_LIMITS": env_rate_limits(),
     "SHUTDOWN_GRACE_SECONDS": env_float("BATCHES_SHUTDOWN_GRACE_SECONDS", 5.0),
     "LEASE_SECONDS": env_float("BATCHES_LEASE_SECONDS", 60),
-    "COMPLETION_WINDOW_SECONDS": env_int("BATCHES_COMPLETION_WINDOW_SECONDS", 24 * 3600),
+    "COMPLETION_WINDOWS": [w.strip() for w in os.environ.get("BATCHES_COMPLETION_WINDOWS", "24h").split(",") if w.strip()],
+    "COMPLETION_WINDOW_SECONDS": env_int("BATCHES_COMPLETION_WINDOW_SECONDS", None),
     "UPSTREAM_TIMEOUT": env_float("BATCHES_UPSTREAM_TIMEOUT", 600),
     "THROTTLE_RATE": os.environ.get("BATCHES_THROTTLE_RATE") or None,
     "WEBHOOKS_ALLOW_PRIVATE": env_bool("BATCHES_WEBHOOKS_ALLOW_PRIVATE"),

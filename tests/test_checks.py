@@ -201,6 +201,27 @@ def test_missing_required_app_fails_manage_py_check(tmp_path, app):
     assert f"'{app}' must be in INSTALLED_APPS" in result.stderr
 
 
+# --- completion windows -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("windows", [["1h", "24h", "7d"], ("90m",), ["24h"]])
+def test_well_formed_completion_windows_pass(configured, windows):
+    configured.OPENAI_BATCHES = {**configured.OPENAI_BATCHES, "COMPLETION_WINDOWS": windows}
+    assert all_ids() == []
+
+
+@pytest.mark.parametrize("windows", [[], ["24h", "1 day"], ["0h"], ["24"], "24h", None, [24]])
+def test_malformed_completion_windows_are_an_error(configured, windows):
+    configured.OPENAI_BATCHES = {**configured.OPENAI_BATCHES, "COMPLETION_WINDOWS": windows}
+    assert all_ids() == ["openai_batches.E020"]
+
+
+@pytest.mark.parametrize("seconds", [0, -5, 1.5, "60", True])
+def test_window_seconds_override_must_be_a_positive_integer(configured, seconds):
+    configured.OPENAI_BATCHES = {**configured.OPENAI_BATCHES, "COMPLETION_WINDOW_SECONDS": seconds}
+    assert all_ids() == ["openai_batches.E021"]
+
+
 # --- the settings reference is complete --------------------------------------------------------------
 
 
