@@ -21,7 +21,14 @@ Control routes (never faulted, also served while ``down``):
     POST /_control/config    JSON merge of configuration keys, returns the new config
     GET  /_control/stats     counters (``?content=0`` omits ``content_counts``)
     GET  /_control/records   per-request ``[timestamp, path, status]`` list
-    POST /_control/reset     clear stats and records (configuration is kept)
+    GET  /_control/timeline  in-flight and answers per ``timeline_interval_s`` slice of time
+    POST /_control/reset     clear stats, records and timeline (configuration is kept)
+
+Capacity: with ``max_concurrency`` N, a request that arrives while N are already
+open is answered 429 at once (code ``concurrency_limit_exceeded``, the same
+``retry-after`` as injected 429s), like a server with a fixed number of slots.
+Change it mid-run with ``POST /_control/config {"max_concurrency": 64}`` (null:
+unlimited); requests already admitted are not affected.
 
 Test magic: an inference body containing ``FAIL_400`` / ``FAIL_500`` anywhere
 is answered with that status and an OpenAI error envelope.
@@ -29,12 +36,19 @@ is answered with that status and an OpenAI error envelope.
 Stats semantics: every ``/v1/*`` request counts in ``requests_total`` and
 ``by_path`` (including ``/v1/models`` and faulted ones); ``responses_by_status``
 only counts requests that got an HTTP answer, ``dropped`` (``down``) and
-``hung`` (``timeout_rate``) count those that did not. ``content_counts`` is keyed
+``hung`` (``timeout_rate``) count those that did not; ``rejected_over_capacity``
+counts the 429s of ``max_concurrency``. ``in_flight`` counts every open inference
+request, rejected ones included while they are answered; ``in_flight_time_s`` maps
+each in-flight level to the seconds spent at it (exact, time-weighted), and the
+timeline gives, per slice, the time-weighted mean and the max of in-flight, arrivals,
+200s, capacity 429s and 200s per ``user`` (the body's ``user`` field, which a
+benchmark sets to tell owners apart). ``by_model`` and ``by_user`` count inference
+requests. ``content_counts`` is keyed
 by the last user message (chat, or responses with message input), the prompt
 (completions) or the input (embeddings, moderations, responses), with non-string
 values JSON-encoded. ``rpm_max`` is the exact maximum number of arrivals in any
-sliding 60 s window. Fault order per request: down, timeout, 500/503/429
-(one random draw), latency, then JSON/marker/model validation.
+sliding 60 s window. Fault order per request: down, capacity, timeout,
+500/503/429 (one random draw), latency, then JSON/marker/model validation.
 """
 
 from __future__ import annotations
@@ -80,6 +94,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "seed": None,
     # Stats count inference bodies containing this string (bodies_seen_custom_marker).
     "custom_marker": None,
+    # Most inference requests served at once; above it, 429 at once. None: unlimited.
+    "max_concurrency": None,
 }
 
 _FLOAT_KEYS = ("latency_ms", "latency_jitter_ms", "retry_after_s", "hang_s")
@@ -104,6 +120,7 @@ MODERATION_CATEGORIES = (
 EMBEDDING_DIM = 8
 ECHO_MAX_CHARS = 200
 RPM_WINDOW_S = 60.0
+TIMELINE_INTERVAL_S = 0.5
 MAX_HEADER_BYTES = 1 << 20
 
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
@@ -165,6 +182,10 @@ def validate_config(updates: dict[str, Any]) -> dict[str, Any]:
             if value is not None and not isinstance(value, str):
                 raise ConfigError("custom_marker must be a string or null")
             out[key] = value or None
+        elif key == "max_concurrency":
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError("max_concurrency must be a positive integer or null")
+            out[key] = value
     return out
 
 
@@ -268,6 +289,8 @@ class FakeUpstream:
 
     # Width of the sliding window behind ``rpm_max``; tests may shrink it per instance.
     rpm_window_s = RPM_WINDOW_S
+    # Width of one timeline slice; set it per instance before the first request.
+    timeline_interval_s = TIMELINE_INTERVAL_S
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, **config: Any) -> None:
         self.host = host
@@ -325,6 +348,10 @@ class FakeUpstream:
                 "hung": self._hung,
                 "in_flight": self._in_flight,
                 "max_in_flight": self._max_in_flight,
+                "in_flight_time_s": {str(level): seconds for level, seconds in sorted(self._advance(time.monotonic()).items())},
+                "rejected_over_capacity": self._rejected,
+                "by_model": dict(self._by_model),
+                "by_user": dict(self._by_user),
                 "rpm_max": self._rpm_max,
                 "first_request_at": self._first_at,
                 "last_request_at": self._last_at,
@@ -333,6 +360,32 @@ class FakeUpstream:
             if include_content:
                 out["content_counts"] = dict(self._content_counts)
         return out
+
+    def timeline(self) -> list[dict[str, Any]]:
+        """Per slice of ``timeline_interval_s`` since the first request: ``t`` (seconds from
+        the first request to the slice's start), ``in_flight_mean`` (time-weighted),
+        ``in_flight_max``, ``arrivals``, ``ok`` (200s), ``rejected`` (capacity 429s) and
+        ``ok_by_user``. Slices with nothing open and nothing arriving are left out."""
+        with self._lock:
+            now = time.monotonic()
+            self._advance(now)
+            step = self.timeline_interval_s
+            out = []
+            for index, bucket in sorted(self._timeline.items()):
+                start = self._timeline_origin + index * step
+                span = min(step, now - start)
+                out.append(
+                    {
+                        "t": round(index * step, 6),
+                        "in_flight_mean": bucket["level_s"] / span if span > 0 else float(bucket["in_flight_max"]),
+                        "in_flight_max": bucket["in_flight_max"],
+                        "arrivals": bucket["arrivals"],
+                        "ok": bucket["ok"],
+                        "rejected": bucket["rejected"],
+                        "ok_by_user": dict(bucket["ok_by_user"]),
+                    }
+                )
+            return out
 
     def records(self) -> list[tuple[float, str, int]]:
         """Per inference request ``(unix time received, path, status)``; status 0 = no answer."""
@@ -429,21 +482,78 @@ class FakeUpstream:
         self._last_at: float | None = None
         self._custom_marker_seen = 0
         self._records: list[list] = []
+        self._rejected = 0
+        self._by_model: collections.Counter[str] = collections.Counter()
+        self._by_user: collections.Counter[str] = collections.Counter()
+        # Time-weighted in-flight accounting: the level held since _level_since.
+        self._level_since: float | None = None
+        self._level_time: collections.Counter[int] = collections.Counter()
+        self._timeline_origin: float | None = None
+        self._timeline: dict[int, dict[str, Any]] = {}
 
-    def _record_arrival(self, path: str, raw: bytes, key: str | None, cfg: dict) -> list:
+    def _slice_index(self, mono: float) -> int:
+        return int((mono - self._timeline_origin) // self.timeline_interval_s)
+
+    def _bucket(self, index: int) -> dict[str, Any]:
+        bucket = self._timeline.get(index)
+        if bucket is None:
+            bucket = {"level_s": 0.0, "in_flight_max": 0, "arrivals": 0, "ok": 0, "rejected": 0, "ok_by_user": collections.Counter()}
+            self._timeline[index] = bucket
+        return bucket
+
+    def _advance(self, mono: float) -> collections.Counter[int]:
+        """Account the current in-flight level up to ``mono`` (caller holds the lock)."""
+        since, level = self._level_since, self._in_flight
+        self._level_since = mono
+        if since is None or mono <= since or self._timeline_origin is None:
+            return self._level_time  # counted from the first request on
+        self._level_time[level] += mono - since
+        if level and self._timeline_origin is not None:
+            t = max(since, self._timeline_origin)
+            index = self._slice_index(t)
+            while t < mono:  # split the span across the slices it covers
+                end = min(mono, self._timeline_origin + (index + 1) * self.timeline_interval_s)
+                if end > t:  # (float rounding can put t on the next slice's boundary)
+                    bucket = self._bucket(index)
+                    bucket["level_s"] += level * (end - t)
+                    bucket["in_flight_max"] = max(bucket["in_flight_max"], level)
+                    t = end
+                index += 1
+        return self._level_time
+
+    def _record_arrival(self, path: str, raw: bytes, body: Any, cfg: dict) -> tuple[list, bool]:
+        """Count an arriving request; returns its record and whether it is over capacity."""
         now = time.time()
         mono = time.monotonic()
         marker = cfg["custom_marker"]
+        key = content_key(path, body) if isinstance(body, dict) else None
+        model = body.get("model") if isinstance(body, dict) else None
+        user = body.get("user") if isinstance(body, dict) else None
+        capacity = cfg["max_concurrency"]
         with self._lock:
+            over_capacity = capacity is not None and path != "/v1/models" and self._in_flight >= capacity
             self._requests_total += 1
             self._by_path[path] += 1
             if key is not None:
                 self._content_counts[key] += 1
+            if isinstance(model, str):
+                self._by_model[model] += 1
+            if isinstance(user, str):
+                self._by_user[user] += 1
             if marker and marker.encode() in raw:
                 self._custom_marker_seen += 1
+            if self._timeline_origin is None:
+                self._timeline_origin = mono
+            self._advance(mono)
             self._in_flight += 1
             if self._in_flight > self._max_in_flight:
                 self._max_in_flight = self._in_flight
+            bucket = self._bucket(self._slice_index(mono))
+            bucket["arrivals"] += 1
+            bucket["in_flight_max"] = max(bucket["in_flight_max"], self._in_flight)
+            if over_capacity:
+                self._rejected += 1
+                bucket["rejected"] += 1
             # Exact sliding window: the max is always reached at some arrival instant.
             window = self._window
             window.append(mono)
@@ -456,14 +566,21 @@ class FakeUpstream:
             self._last_at = now
             record = [now, path, 0]
             self._records.append(record)
-        return record
+        return record, over_capacity
 
-    def _record_done(self, record: list, status: int) -> None:
+    def _record_done(self, record: list, status: int, user: Any = None) -> None:
         with self._lock:
+            mono = time.monotonic()
+            self._advance(mono)
             self._in_flight -= 1
             record[2] = status
             if status:
                 self._by_status[str(status)] += 1
+            if status == 200 and self._timeline_origin is not None:
+                bucket = self._bucket(self._slice_index(mono))
+                bucket["ok"] += 1
+                if isinstance(user, str):
+                    bucket["ok_by_user"][user] += 1
 
     # ----------------------------------------------------------------- HTTP layer
 
@@ -572,6 +689,8 @@ class FakeUpstream:
                 return 200, self.stats(include_content=content), None
             elif path == "/_control/records" and method == "GET":
                 return 200, self.records(), None
+            elif path == "/_control/timeline" and method == "GET":
+                return 200, self.timeline(), None
             elif path == "/_control/reset" and method == "POST":
                 self.reset()
                 return 200, {"ok": True}, None
@@ -595,8 +714,8 @@ class FakeUpstream:
                 body = json.loads(raw)
             except ValueError as exc:
                 parse_error = exc
-        key = content_key(path, body) if isinstance(body, dict) else None
-        record = self._record_arrival(path, raw, key, cfg)
+        record, over_capacity = self._record_arrival(path, raw, body, cfg)
+        user = body.get("user") if isinstance(body, dict) else None
         recorded = False
         try:
             if cfg["down"]:
@@ -604,6 +723,16 @@ class FakeUpstream:
                 with self._lock:
                     self._dropped += 1
                 return False
+            if over_capacity:
+                self._record_done(record, 429)
+                recorded = True
+                payload = error_body(
+                    f"Too many concurrent requests: this server serves {cfg['max_concurrency']} at once.",
+                    "requests",
+                    code="concurrency_limit_exceeded",
+                )
+                self._write(writer, 429, payload, {"retry-after": f"{cfg['retry_after_s']:g}"}, keep_alive)
+                return keep_alive
 
             fault = None
             roll = self._rng.random()
@@ -653,7 +782,7 @@ class FakeUpstream:
             except Exception as exc:  # odd input shapes must not kill the connection silently
                 status, payload = 500, error_body(f"fake upstream failed: {exc!r}", "server_error")
             # Record before writing: a client may read stats the instant it has the response.
-            self._record_done(record, status)
+            self._record_done(record, status, user)
             recorded = True
             self._write(writer, status, payload, extra, keep_alive)
             return keep_alive
@@ -870,6 +999,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--down", action="store_true")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--custom-marker", default=None)
+    p.add_argument("--max-concurrency", type=int, default=None, help="429 above this many requests at once")
     return p.parse_args(argv)
 
 

@@ -327,6 +327,105 @@ def test_latency_keeps_requests_in_flight(srv):
     assert srv.stats()["max_in_flight"] >= 10
 
 
+# --------------------------------------------------------------------------- capacity and load counters
+
+
+def burst(srv, count, users=None):
+    """``count`` chat calls at once (no retries); returns each one's status code and, for 429s, the error."""
+
+    async def one(c, i):
+        extra = {"user": users[i]} if users else {}
+        try:
+            await c.chat.completions.create(model="fake-model", messages=[{"role": "user", "content": f"b{i}"}], **extra)
+            return 200, None
+        except openai.RateLimitError as exc:
+            return 429, exc
+
+    async def run():
+        async with openai.AsyncOpenAI(base_url=srv.base_url, api_key="x", max_retries=0, timeout=10) as c:
+            return await asyncio.gather(*(one(c, i) for i in range(count)))
+
+    return asyncio.run(run())
+
+
+def test_capacity_answers_429_above_max_concurrency(srv):
+    srv.configure(latency_ms=300, max_concurrency=4, retry_after_s=0.5)
+    results = burst(srv, 10)
+    assert sorted(status for status, _ in results) == [200] * 4 + [429] * 6
+    error = next(exc for status, exc in results if status == 429)
+    assert error.code == "concurrency_limit_exceeded"
+    assert error.response.headers["retry-after"] == "0.5"
+    stats = srv.stats()
+    assert stats["rejected_over_capacity"] == 6
+    assert stats["responses_by_status"] == {"200": 4, "429": 6}
+    # Only admitted requests stay open: the level 4 is held for about the latency.
+    assert 0.25 <= stats["in_flight_time_s"]["4"] <= 0.6
+
+
+def test_capacity_changes_mid_run_through_the_control_route(srv):
+    srv.configure(latency_ms=200, max_concurrency=2)
+    assert sorted(s for s, _ in burst(srv, 5)) == [200] * 2 + [429] * 3
+    status, _, config = http(srv, "POST", "/_control/config", {"max_concurrency": 5})
+    assert status == 200 and config["max_concurrency"] == 5
+    assert [s for s, _ in burst(srv, 5)] == [200] * 5
+    http(srv, "POST", "/_control/config", {"max_concurrency": None})
+    assert [s for s, _ in burst(srv, 12)] == [200] * 12
+    for bad in (0, -1, True, "8", 2.5):
+        assert http(srv, "POST", "/_control/config", {"max_concurrency": bad})[0] == 400
+
+
+def test_capacity_spares_the_models_route(client, srv):
+    srv.configure(latency_ms=300, max_concurrency=1)
+
+    async def run():
+        async with openai.AsyncOpenAI(base_url=srv.base_url, api_key="x", max_retries=0) as c:
+            chat = asyncio.ensure_future(c.chat.completions.create(model="fake-model", messages=USER))
+            await asyncio.sleep(0.1)
+            models = await c.models.list()
+            await chat
+            return [m.id for m in models.data]
+
+    assert asyncio.run(run()) == ["fake-model", "fake-embed"]
+    assert srv.stats()["rejected_over_capacity"] == 0
+
+
+def test_counters_per_model_and_user(client, srv):
+    client.chat.completions.create(model="fake-model", messages=USER, user="owner-a")
+    client.chat.completions.create(model="fake-model", messages=USER, user="owner-b")
+    client.chat.completions.create(model="fake-model", messages=USER, user="owner-a")
+    client.embeddings.create(model="fake-embed", input="x")
+    stats = srv.stats()
+    assert stats["by_model"] == {"fake-model": 3, "fake-embed": 1}
+    assert stats["by_user"] == {"owner-a": 2, "owner-b": 1}
+
+
+def test_timeline_and_in_flight_time_follow_the_load(srv):
+    srv.timeline_interval_s = 0.1
+    srv.configure(latency_ms=400)
+    burst(srv, 6, users=["a", "a", "a", "a", "b", "b"])
+    time.sleep(0.15)  # idle time afterwards is neither a slice nor in-flight time above 0
+    timeline = srv.timeline()
+    assert [slice_["t"] for slice_ in timeline] == pytest.approx([0.1 * i for i in range(len(timeline))])
+    assert 4 <= len(timeline) <= 7
+    assert sum(slice_["arrivals"] for slice_ in timeline) == 6
+    assert sum(slice_["ok"] for slice_ in timeline) == 6
+    assert max(slice_["in_flight_max"] for slice_ in timeline) == 6
+    middle = timeline[1:3]
+    assert all(slice_["in_flight_mean"] == pytest.approx(6, abs=0.01) for slice_ in middle)
+    served = {}
+    for slice_ in timeline:
+        for user, count in slice_["ok_by_user"].items():
+            served[user] = served.get(user, 0) + count
+    assert served == {"a": 4, "b": 2}
+    levels = srv.stats()["in_flight_time_s"]
+    assert 0.35 <= levels["6"] <= 0.6
+    request_seconds = sum(int(level) * seconds for level, seconds in levels.items())
+    assert request_seconds == pytest.approx(sum(slice_["in_flight_mean"] * 0.1 for slice_ in timeline), rel=1e-6)
+    assert http(srv, "GET", "/_control/timeline")[2][0]["arrivals"] >= 1
+    srv.reset()
+    assert srv.timeline() == [] and srv.stats()["in_flight_time_s"] == {}
+
+
 # --------------------------------------------------------------------------- load & CLI
 
 
