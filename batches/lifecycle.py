@@ -84,7 +84,7 @@ def create_batch(**fields):
 # --- validation outcome ---------------------------------------------------------
 
 
-def start_processing(batch_id, *, total, model, failed_requests=0):
+def start_processing(batch_id, *, total, model, failed_requests=0, estimated_prompt_tokens=0):
     """validating -> in_progress once every line is stored as a request row."""
     started = transition(
         batch_id,
@@ -92,6 +92,7 @@ def start_processing(batch_id, *, total, model, failed_requests=0):
         BatchStatus.IN_PROGRESS,
         total_requests=total,
         failed_requests=failed_requests,
+        estimated_prompt_tokens=estimated_prompt_tokens,
         model=model,
         lease_owner=None,
         lease_expires_at=None,

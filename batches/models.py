@@ -61,6 +61,9 @@ class BatchQuerySet(models.QuerySet):
     def unfinished(self):
         return self.exclude(status__in=TERMINAL_STATUSES)
 
+    def created_with(self, api_key):
+        return self.filter(api_key=api_key)
+
 
 class Batch(models.Model):
     id = models.CharField(primary_key=True, max_length=64, default=new_batch_id, editable=False)
@@ -103,6 +106,11 @@ class Batch(models.Model):
     idempotency_key = models.CharField(max_length=255, null=True, blank=True)
     request_fingerprint = models.CharField(max_length=64, blank=True, default="")
     retry_of = models.ForeignKey("self", on_delete=models.SET_NULL, null=True, blank=True, related_name="retries")
+    # The key that created the batch (None: created in the admin): its quotas apply.
+    api_key = models.ForeignKey("files_app.ApiKey", on_delete=models.SET_NULL, null=True, blank=True, related_name="batches")
+    estimated_prompt_tokens = models.PositiveBigIntegerField(
+        default=0, help_text="Prompt tokens of all requests, estimated at validation (about 4 characters a token)."
+    )
 
     objects = BatchQuerySet.as_manager()
 

@@ -144,10 +144,15 @@ def limiter_for(model, route):
 def estimate_tokens(body):
     """What a request counts against a TPM limit before it is sent, as OpenAI estimates
     it: its text at about four characters a token, plus the output cap times ``n``."""
-    chars = sum(len(text) for text in _strings({k: v for k, v in body.items() if k != "model"}))
     output_cap = next((body[f] for f in OUTPUT_LIMIT_FIELDS if _positive_int(body.get(f))), 0)
     choices = body.get("n") if _positive_int(body.get("n")) else 1
-    return math.ceil(chars / 4) + output_cap * choices
+    return estimate_prompt_tokens(body) + output_cap * choices
+
+
+def estimate_prompt_tokens(body):
+    """The input side of ``estimate_tokens``: the request's text at about four characters a token."""
+    chars = sum(len(text) for text in _strings({k: v for k, v in body.items() if k != "model"}))
+    return math.ceil(chars / 4)
 
 
 def _positive_int(value):

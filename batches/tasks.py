@@ -12,7 +12,7 @@ from django.utils import timezone
 from files_app.conf import app_settings
 from files_app.models import File
 
-from . import bulk, lifecycle, upstream, webhooks
+from . import bulk, lifecycle, quotas, ratelimit, upstream, webhooks
 from .models import Batch, BatchRequest, BatchStatus, RequestStatus
 from .output import finalize_batch as _finalize_batch
 from .queue import enqueue
@@ -55,6 +55,7 @@ class InputValidation:
         self.pending_rows = []
         self.rows_written = 0
         self.failed_rows = 0
+        self.prompt_tokens = 0
 
     def run(self):
         batch = self.batch
@@ -102,18 +103,27 @@ class InputValidation:
                     return "interrupted"
         if requests == 0:
             return self._fail([LineError("empty_file", "The input file contains no requests.", "input_file_id", None)])
+        if not self.errors:
+            self.errors.extend(quotas.enqueued_problems(batch, requests, self.prompt_tokens))
         if not self.errors and validator.model:
             self.errors.extend(self._check_model(validator.model))
         if self.errors:
             return self._fail(self.errors)
         self._write_rows()
-        if not lifecycle.start_processing(batch.id, total=self.rows_written, model=validator.model, failed_requests=self.failed_rows):
+        if not lifecycle.start_processing(
+            batch.id,
+            total=self.rows_written,
+            model=validator.model,
+            failed_requests=self.failed_rows,
+            estimated_prompt_tokens=self.prompt_tokens,
+        ):
             return "interrupted"
         logger.info("batch.validated batch_id=%s requests=%d rejected_locally=%d", batch.id, self.rows_written, self.failed_rows)
         return "in_progress"
 
     def _add_row(self, valid):
         row = BatchRequest(batch_id=self.batch.id, line=valid.line, custom_id=valid.custom_id, body=valid.body)
+        self.prompt_tokens += ratelimit.estimate_prompt_tokens(valid.body)
         if valid.problem:
             # Breaks the endpoint's schema: answered here as OpenAI would, never sent upstream.
             err = valid.problem["error"]

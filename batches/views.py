@@ -8,7 +8,7 @@ from rest_framework.response import Response
 from files_app.api import OpenAIError, OpenAIViewSet, not_found
 from files_app.models import File, FilePurpose
 
-from . import lifecycle, windows
+from . import lifecycle, quotas, windows
 from .models import Batch, BatchStatus
 from .validation import SUPPORTED_ENDPOINTS
 
@@ -152,8 +152,9 @@ class BatchViewSet(OpenAIViewSet):
                 return self._replay(existing, fingerprint)
         try:
             with transaction.atomic():
+                quotas.check_create(request.auth)
                 batch = lifecycle.create_batch(
-                    owner=request.user, idempotency_key=idempotency_key, request_fingerprint=fingerprint, **fields
+                    owner=request.user, api_key=request.auth, idempotency_key=idempotency_key, request_fingerprint=fingerprint, **fields
                 )
         except IntegrityError:
             # A concurrent create with the same key won the unique constraint.

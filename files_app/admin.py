@@ -170,11 +170,20 @@ class ApiKeyAdmin(admin.ModelAdmin):
     search_fields = ("name", "prefix", f"user__{get_user_model().USERNAME_FIELD}")
     raw_id_fields = ("user",)
     actions = ["revoke_keys"]
-    add_fields = ("user", "name")
+    quota_fields = ("max_active_batches", "max_batch_creations_per_hour", "max_enqueued_requests", "max_enqueued_prompt_tokens")
+    add_fields = ("user", "name", *quota_fields)
     change_fields = ("masked_key", "user", "name", "created_at", "last_used_at", "revoked_at")
 
-    def get_fields(self, request, obj=None):
-        return self.add_fields if obj is None else self.change_fields
+    def get_fieldsets(self, request, obj=None):
+        fields = self.add_fields[:2] if obj is None else self.change_fields
+        quotas = (
+            "Quotas",
+            {
+                "fields": self.quota_fields,
+                "description": 'Empty: the site default (OPENAI_BATCHES["DEFAULT_QUOTAS"]), unlimited unless set.',
+            },
+        )
+        return [(None, {"fields": fields}), quotas]
 
     def get_readonly_fields(self, request, obj=None):
         # key_hash is never shown; a key's identity and history are not editable.
@@ -191,7 +200,8 @@ class ApiKeyAdmin(admin.ModelAdmin):
     def save_model(self, request, obj, form, change):
         if change:
             return super().save_model(request, obj, form, change)
-        issued, secret = ApiKey.objects.issue(obj.user, name=obj.name)
+        quotas = {field: getattr(obj, field) for field in self.quota_fields}
+        issued, secret = ApiKey.objects.issue(obj.user, name=obj.name, **quotas)
         # The admin goes on with the form's instance (log entry, redirect): make it the issued row.
         obj.pk, obj.prefix, obj.key_hash, obj.created_at = issued.pk, issued.prefix, issued.key_hash, issued.created_at
         obj._state.adding, obj._state.db = False, issued._state.db

@@ -34,6 +34,23 @@ def check_settings(app_configs, **kwargs):
         if not isinstance(value, int) or value < 1:
             errors.append(Error(f"{SETTING_NAME}[{key!r}] must be a positive integer, got {value!r}.", id="openai_batches.E004"))
     errors.extend(check_throttle(user.get("THROTTLE_RATE", DEFAULTS["THROTTLE_RATE"])))
+    errors.extend(check_default_quotas(user.get("DEFAULT_QUOTAS", DEFAULTS["DEFAULT_QUOTAS"])))
+    return errors
+
+
+QUOTA_KEYS = ("MAX_ACTIVE_BATCHES", "MAX_BATCH_CREATIONS_PER_HOUR", "MAX_ENQUEUED_REQUESTS", "MAX_ENQUEUED_PROMPT_TOKENS")
+
+
+def check_default_quotas(quotas):
+    name = f"{SETTING_NAME}['DEFAULT_QUOTAS']"
+    if not isinstance(quotas, dict):
+        return [Error(f"{name} must be a dict, got {quotas!r}.", id="openai_batches.E006")]
+    errors = []
+    for key, value in quotas.items():
+        if key not in QUOTA_KEYS:
+            errors.append(Error(f"Unknown key {key!r} in {name}.", hint=f"Known keys: {', '.join(QUOTA_KEYS)}.", id="openai_batches.E006"))
+        elif value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            errors.append(Error(f"{name}[{key!r}] must be None (unlimited) or an integer >= 0, got {value!r}.", id="openai_batches.E006"))
     return errors
 
 

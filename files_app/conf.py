@@ -72,6 +72,11 @@ DEFAULTS = {
     # --- API ---
     # DRF throttle rate per API key, e.g. "600/min"; None disables throttling.
     "THROTTLE_RATE": None,
+    # --- Quotas per API key (batches/quotas.py) ---
+    # Site-wide defaults for the keys whose own quota field is empty; None = unlimited.
+    # Keys: MAX_ACTIVE_BATCHES, MAX_BATCH_CREATIONS_PER_HOUR, MAX_ENQUEUED_REQUESTS,
+    # MAX_ENQUEUED_PROMPT_TOKENS.
+    "DEFAULT_QUOTAS": {},
     # --- Webhooks (batches/webhooks.py) ---
     # Deliver to loopback, private, link-local and other non-public addresses. Off by
     # default so an API user cannot make the workers call internal services (SSRF).

@@ -23,10 +23,10 @@ class ApiKeyQuerySet(models.QuerySet):
     def active(self):
         return self.filter(revoked_at__isnull=True)
 
-    def issue(self, user, name=""):
+    def issue(self, user, name="", **quotas):
         """Create a key and return ``(api_key, raw_secret)``; the secret is not stored."""
         raw = KEY_PREFIX + secrets.token_urlsafe(32)
-        api_key = self.create(user=user, name=name, prefix=raw[: len(KEY_PREFIX) + 6], key_hash=hash_key(raw))
+        api_key = self.create(user=user, name=name, prefix=raw[: len(KEY_PREFIX) + 6], key_hash=hash_key(raw), **quotas)
         return api_key, raw
 
 
@@ -38,6 +38,19 @@ class ApiKey(models.Model):
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    # Quotas (batches/quotas.py); empty = the site-wide default in OPENAI_BATCHES["DEFAULT_QUOTAS"].
+    max_active_batches = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Unfinished batches this key may have at once. Empty: the site default."
+    )
+    max_batch_creations_per_hour = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Batches this key may create in any 60 minutes. Empty: the site default."
+    )
+    max_enqueued_requests = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Requests across this key's unfinished batches. Empty: the site default."
+    )
+    max_enqueued_prompt_tokens = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Prompt tokens (estimated) across this key's unfinished batches. Empty: the site default."
+    )
 
     objects = ApiKeyQuerySet.as_manager()
 
