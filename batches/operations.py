@@ -88,8 +88,10 @@ def retry_refusal(batch, retryable_count=None):
     return None
 
 
-def retry_failed_requests(batch, actor=None):
-    """A new batch (validated and run as usual) from the lines of ``batch`` that did not succeed."""
+def retry_failed_requests(batch, actor=None, api_key=None):
+    """A new batch (validated and run as usual) from the lines of ``batch`` that did not succeed.
+
+    ``api_key``: the key that asked for it through the API (its quotas apply to the new batch)."""
     refusal = retry_refusal(batch)
     if refusal:
         raise NotAllowed(refusal)
@@ -107,7 +109,7 @@ def retry_failed_requests(batch, actor=None):
     try:
         with transaction.atomic():
             input_file.save()
-            retry = _create_like(batch, input_file.id)
+            retry = _create_like(batch, input_file.id, api_key=api_key)
     except Exception:
         input_file.content.delete(save=False)  # no row refers to it
         raise
@@ -151,8 +153,9 @@ def rerun(batch, actor=None):
     return again
 
 
-def _create_like(batch, input_file_id):
+def _create_like(batch, input_file_id, api_key=None):
     return lifecycle.create_batch(
+        api_key=api_key,
         owner_id=batch.owner_id,
         input_file_id=input_file_id,
         endpoint=batch.endpoint,

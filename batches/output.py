@@ -26,6 +26,14 @@ UNFINISHED_ERRORS = {
 }
 UNFINISHED_ROW_STATUS = {BatchStatus.CANCELLED: RequestStatus.CANCELLED, BatchStatus.EXPIRED: RequestStatus.EXPIRED}
 SPOOL_BYTES = 1024 * 1024
+# The columns a result line is made of (BatchRequest.to_output_line).
+RESULT_FIELDS = ("id", "batch_id", "line", "custom_id", "status", "status_code", "response_body", "error", "upstream_request_id")
+
+
+def result_line(row):
+    """One request's line of the output or error file, as bytes; also what
+    ``GET /v1/batches/{id}/results`` streams."""
+    return (json.dumps(row.to_output_line(), ensure_ascii=False, separators=(",", ":")) + "\n").encode()
 
 
 class UsageTotals:
@@ -106,9 +114,8 @@ def _finalize(batch_id, owner):
     usage = UsageTotals()
     counts = {"succeeded": 0, "failed": 0}
     with tempfile.SpooledTemporaryFile(SPOOL_BYTES) as out, tempfile.SpooledTemporaryFile(SPOOL_BYTES) as err:
-        fields = ("id", "batch_id", "line", "custom_id", "status", "status_code", "response_body", "error", "upstream_request_id")
-        for row in rows.order_by("line").only(*fields).iterator(chunk_size=2000):
-            line = (json.dumps(row.to_output_line(), ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+        for row in rows.order_by("line").only(*RESULT_FIELDS).iterator(chunk_size=2000):
+            line = result_line(row)
             if row.status == RequestStatus.SUCCEEDED:
                 counts["succeeded"] += 1
                 usage.add(row.response_body)

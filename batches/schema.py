@@ -11,7 +11,7 @@ from files_app.schema import enum, errors, limit_parameter, list_of, path_id, re
 
 from .models import Batch, BatchStatus, WebhookEndpoint, WebhookEventType
 from .validation import SUPPORTED_ENDPOINTS
-from .views import MAX_METADATA_KEY, MAX_METADATA_PAIRS, MAX_METADATA_VALUE, OUTPUT_EXPIRES_AFTER_RANGE
+from .views import MAX_METADATA_KEY, MAX_METADATA_PAIRS, MAX_METADATA_VALUE, MAX_RESULTS_LIMIT, OUTPUT_EXPIRES_AFTER_RANGE, RESULT_STATUSES
 
 
 @extend_schema_field(
@@ -137,6 +137,38 @@ documented_batch_views = extend_schema_view(
         summary="Retrieve a batch",
         parameters=[BATCH_ID],
         responses={200: BatchSerializer, **errors(400, 404)},
+    ),
+    results=extend_schema(
+        operation_id="retrieveBatchResults",
+        summary="Stream the results finished so far (extension)",
+        description=(
+            "Every request of the batch that has finished, as JSONL lines in the output/error file shape, in input order. "
+            "Header X-Incomplete is 'true' while the batch is not in a terminal status; X-Has-More is 'true' when "
+            "'limit' cut the page (continue with after=<the last line's custom_id>)."
+        ),
+        parameters=[
+            BATCH_ID,
+            OpenApiParameter("custom_id", OpenApiTypes.STR, description="Only this request's line (404 if the batch has no such request)."),
+            OpenApiParameter(
+                "status", {"type": "string", "enum": list(RESULT_STATUSES)}, description="Only succeeded or only failed lines."
+            ),
+            OpenApiParameter("after", OpenApiTypes.STR, description="The custom_id of the last line of the previous page."),
+            OpenApiParameter(
+                "limit", {"type": "integer", "minimum": 1, "maximum": MAX_RESULTS_LIMIT}, description="Page size (default: all)."
+            ),
+        ],
+        responses={(200, "application/jsonl"): OpenApiTypes.BINARY, **errors(400, 404)},
+    ),
+    retry=extend_schema(
+        operation_id="retryBatch",
+        summary="Retry the failed requests as a new batch (extension)",
+        description=(
+            "Creates a batch from this batch's failed, cancelled and expired lines (same endpoint and metadata, retry_of "
+            "set). 409 while the batch is not completed, cancelled or expired, or when nothing failed."
+        ),
+        parameters=[BATCH_ID],
+        request=None,
+        responses={200: BatchSerializer, **errors(400, 404, 409)},
     ),
 )
 

@@ -3,13 +3,16 @@ import json
 import logging
 
 from django.db import IntegrityError, transaction
+from django.http import StreamingHttpResponse
+from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from files_app.api import OpenAIError, OpenAIViewSet, not_found
+from files_app.api import OpenAIError, OpenAIViewSet, not_found, parse_limit
 from files_app.models import File, FilePurpose
 
-from . import lifecycle, quotas, windows
-from .models import Batch, BatchStatus
+from . import lifecycle, operations, quotas, windows
+from .models import Batch, BatchStatus, RequestStatus
+from .output import RESULT_FIELDS, result_line
 from .validation import SUPPORTED_ENDPOINTS
 
 logger = logging.getLogger("openai_batches.api")
@@ -18,6 +21,12 @@ MAX_METADATA_PAIRS = 16
 MAX_METADATA_KEY = 64
 MAX_METADATA_VALUE = 512
 OUTPUT_EXPIRES_AFTER_RANGE = (3600, 2592000)
+# GET /v1/batches/{id}/results?status=...: which finished rows each value selects.
+RESULT_STATUSES = {
+    "completed": (RequestStatus.SUCCEEDED,),
+    "failed": (RequestStatus.FAILED, RequestStatus.CANCELLED, RequestStatus.EXPIRED),
+}
+MAX_RESULTS_LIMIT = 10_000
 
 
 def check_metadata(metadata):
@@ -197,3 +206,65 @@ class BatchViewSet(OpenAIViewSet):
             )
         logger.info("batch.cancel_requested batch_id=%s owner=%s status=%s", batch.id, request.user.pk, batch.status)
         return Response(batch.to_openai())
+
+    @action(detail=True, methods=["get"])
+    def results(self, request, pk=None):
+        """Every request finished so far, as output/error file lines (JSONL) in input order.
+
+        An extension: OpenAI only has the files, at the end. ``X-Incomplete: true``
+        while the batch can still change; ``X-Has-More`` tells whether ``limit``
+        cut the page (the next page starts ``after`` its last line's custom_id)."""
+        batch = self.get_object()
+        params = request.query_params
+        status = params.get("status")
+        if status is not None and status not in RESULT_STATUSES:
+            raise OpenAIError(
+                f"Invalid 'status': expected one of {', '.join(repr(s) for s in RESULT_STATUSES)}, got {status!r}.",
+                param="status",
+                code="invalid_value",
+            )
+        rows = batch.requests.filter(status__in=RESULT_STATUSES[status] if status else sum(RESULT_STATUSES.values(), ()))
+        if "custom_id" in params:
+            custom_id = params["custom_id"]
+            if not batch.requests.filter(custom_id=custom_id).exists():
+                raise OpenAIError(f"No request with custom_id '{custom_id}' in batch {batch.id}.", status_code=404, param="custom_id")
+            rows = rows.filter(custom_id=custom_id)
+        after = params.get("after")
+        if after is not None:
+            after_line = batch.requests.filter(custom_id=after).values_list("line", flat=True).first()
+            if after_line is None:
+                raise OpenAIError(
+                    f"Invalid 'after': no request with custom_id '{after}' in this batch.", param="after", code="invalid_value"
+                )
+            rows = rows.filter(line__gt=after_line)
+        rows = rows.order_by("line").only(*RESULT_FIELDS)
+        has_more = False
+        if "limit" in params:
+            limit = parse_limit(params["limit"], MAX_RESULTS_LIMIT)
+            page = list(rows[: limit + 1])
+            has_more = len(page) > limit
+            lines = map(result_line, page[:limit])
+        else:
+            lines = map(result_line, rows.iterator(chunk_size=2000))
+        response = StreamingHttpResponse(lines, content_type="application/jsonl")
+        response["X-Incomplete"] = "false" if batch.is_terminal else "true"
+        response["X-Has-More"] = "true" if has_more else "false"
+        return response
+
+    @action(detail=True, methods=["post"])
+    def retry(self, request, pk=None):
+        """A new batch from this batch's failed, cancelled and expired lines (what the
+        admin's "Retry failed requests" action makes), linked by ``retry_of``."""
+        batch = self.get_object()
+        refusal = operations.retry_refusal(batch)
+        if refusal:
+            raise OpenAIError(
+                f"Cannot retry the failed requests of batch {batch.id}: {refusal}.",
+                status_code=409,
+                code="batch_not_retryable",
+                headers={"x-should-retry": "false"},
+            )
+        with transaction.atomic():
+            quotas.check_create(request.auth)
+            retry = operations.retry_failed_requests(batch, actor=request.user, api_key=request.auth)
+        return Response(retry.to_openai())

@@ -135,7 +135,9 @@ def live_stack(fake_upstream):
 @pytest.fixture
 def live_client(live_stack, fake_upstream):
     fake_upstream.reset()
-    fake_upstream.configure(latency_ms=0, error_500_rate=0, error_503_rate=0, error_429_rate=0, timeout_rate=0, down=False)
+    fake_upstream.configure(
+        latency_ms=0, latency_jitter_ms=0, error_500_rate=0, error_503_rate=0, error_429_rate=0, timeout_rate=0, down=False
+    )
     return live_stack.client()
 
 

@@ -160,6 +160,11 @@ def test_batch_responses_match_through_a_whole_life(schema, api, named, upstream
     done = check(schema, api.get(f"/v1/batches/{batch_id}"), "/v1/batches/{id}", "get")
     assert done.json()["status"] == "completed" and done.json()["usage"] is not None
     check(schema, api.get("/v1/batches"), "/v1/batches", "get")
+    check(schema, api.get(f"/v1/batches/{batch_id}/results", {"limit": 1}), "/v1/batches/{id}/results", "get")
+    check(schema, api.get(f"/v1/batches/{batch_id}/results", {"status": "x"}), "/v1/batches/{id}/results", "get")  # 400
+    check(schema, api.get("/v1/batches/batch_nope/results"), "/v1/batches/{id}/results", "get")  # 404
+    check(schema, api.post(f"/v1/batches/{batch_id}/retry"), "/v1/batches/{id}/retry", "post")
+    check(schema, api.post("/v1/batches/batch_nope/retry"), "/v1/batches/{id}/retry", "post")  # 404
     check(schema, api.post(f"/v1/batches/{batch_id}/cancel"), "/v1/batches/{id}/cancel", "post")  # 409
     check(schema, api.post("/v1/batches/batch_nope/cancel"), "/v1/batches/{id}/cancel", "post")  # 404
     check(schema, api.post("/v1/batches", {**body, "endpoint": "/v1/nope"}, format="json"), "/v1/batches", "post")  # 400
@@ -291,7 +296,7 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(live_stack, 
     wait_for_batch(live_client, batch.id)
     ids = {
         "retrieveFile": kept.id, "downloadFile": kept.id, "deleteFile": doomed.id,
-        "retrieveBatch": batch.id, "cancelBatch": batch.id,
+        "retrieveBatch": batch.id, "cancelBatch": batch.id, "retrieveBatchResults": batch.id, "retryBatch": batch.id,
     }  # fmt: skip
     config = tmp_path / "schemathesis.toml"
     config.write_text(
