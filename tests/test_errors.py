@@ -37,7 +37,7 @@ def assert_envelope(response, status, *, type="invalid_request_error"):
         ("get", "/v1/models"),
         ("get", "/v1/files/"),
         ("get", "/v1/files/file-x/content/extra"),
-        ("get", "/v1/batches/batch_x/results"),
+        ("get", "/v1/batches/batch_x/outputs"),
         ("post", "/v1/nothing-here"),
         ("post", "/v1/batches/"),
         ("delete", "/v1/nothing-here"),
