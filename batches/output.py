@@ -9,6 +9,7 @@ from django.core.files import File as DjangoFile
 from django.db import transaction
 from django.utils import timezone
 
+from files_app.conf import app_settings
 from files_app.models import File, FilePurpose
 
 from . import lifecycle
@@ -160,7 +161,9 @@ def _store(batch, handle, kind, line_count, now):
         return None
     size = handle.tell()
     handle.seek(0)
-    expires_at = now + timedelta(seconds=batch.output_expires_after) if batch.output_expires_after else None
+    # The batch's output_expires_after, else OpenAI's default retention (None keeps the file).
+    seconds = batch.output_expires_after or app_settings.DEFAULT_OUTPUT_FILE_TTL
+    expires_at = now + timedelta(seconds=seconds) if seconds else None
     obj = File(
         owner_id=batch.owner_id,
         filename=f"{batch.id}_{kind}.jsonl",

@@ -10,7 +10,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from files_app.conf import app_settings
-from files_app.models import File
+from files_app.models import File, Upload
 
 from . import bulk, lifecycle, quotas, ratelimit, upstream, webhooks
 from .models import Batch, BatchRequest, BatchStatus, RequestStatus
@@ -169,7 +169,7 @@ def sweep():
     worker or a lost broker message left behind."""
     now = timezone.now()
     stale = now - timedelta(seconds=app_settings.LEASE_SECONDS)
-    found = {"expired": 0, "validate": 0, "run": 0, "finalize": 0, "files": 0}
+    found = {"expired": 0, "validate": 0, "run": 0, "finalize": 0, "files": 0, "uploads": 0}
     for batch_id in Batch.objects.filter(status__in=[BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS], expires_at__lte=now).values_list(
         "pk", flat=True
     ):
@@ -192,6 +192,7 @@ def sweep():
     for expired_file in File.objects.filter(expires_at__lte=now).iterator():
         expired_file.delete()
         found["files"] += 1
+    found["uploads"] = Upload.objects.expire_lapsed(now)
     found["webhooks"] = webhooks.sweep_deliveries(now)
     if any(found.values()):
         logger.info("sweep %s", " ".join(f"{k}={v}" for k, v in found.items()))

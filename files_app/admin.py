@@ -20,7 +20,7 @@ from django.urls import NoReverseMatch, path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.text import capfirst
 
-from .models import ApiKey, File
+from .models import ApiKey, File, Upload, UploadPart
 
 logger = logging.getLogger("openai_batches.admin")
 
@@ -250,3 +250,50 @@ class ApiKeyAdmin(admin.ModelAdmin):
             eligible=eligible,
             refused=refused,
         )
+
+
+class UploadPartInline(admin.TabularInline):
+    model = UploadPart
+    fields = ("id", "size", "created_at")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="size", ordering="bytes")
+    def size(self, obj):
+        return filesizeformat(obj.bytes)
+
+
+@admin.register(Upload)
+class UploadAdmin(ReadOnlyAdmin):
+    """Files being sent in parts (/v1/uploads): what arrived, and the File they became."""
+
+    list_display = ("id", "filename", "purpose", "owner", "size", "status_now", "created_at", "expires_at", "file_link")
+    list_filter = ("status", "purpose", ("created_at", admin.DateFieldListFilter))
+    list_select_related = ("owner",)
+    search_fields = ("=id", "filename", f"owner__{get_user_model().USERNAME_FIELD}")
+    search_help_text = "Upload id (exact), filename or owner."
+    fields = ("id", "filename", "purpose", "mime_type", "owner", "size", "status_now", "created_at", "expires_at", "file_link")
+    readonly_fields = fields
+    inlines = [UploadPartInline]
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # parts are deleted by complete, cancel and the sweeper, with their bytes
+
+    @admin.display(description="size", ordering="bytes")
+    def size(self, obj):
+        return format_html('<span title="{} bytes">{}</span>', obj.bytes, filesizeformat(obj.bytes))
+
+    @admin.display(description="status", ordering="status")
+    def status_now(self, obj):
+        return obj.current_status()
+
+    @admin.display(description="file")
+    def file_link(self, obj):
+        if not obj.file_id:
+            return "—"
+        url = reverse(f"{self.admin_site.name}:files_app_file_change", args=[quote(obj.file_id)])
+        return format_html('<a href="{}">{}</a>', url, obj.file_id)

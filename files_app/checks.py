@@ -33,6 +33,15 @@ def check_settings(app_configs, **kwargs):
         value = user.get(key, DEFAULTS[key])
         if not isinstance(value, int) or value < 1:
             errors.append(Error(f"{SETTING_NAME}[{key!r}] must be a positive integer, got {value!r}.", id="openai_batches.E004"))
+    for key in ("DEFAULT_INPUT_FILE_TTL", "DEFAULT_OUTPUT_FILE_TTL"):
+        value = user.get(key, DEFAULTS[key])
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            errors.append(
+                Error(
+                    f"{SETTING_NAME}[{key!r}] must be a positive number of seconds or None (keep files), got {value!r}.",
+                    id="openai_batches.E007",
+                )
+            )
     errors.extend(check_throttle(user.get("THROTTLE_RATE", DEFAULTS["THROTTLE_RATE"])))
     errors.extend(check_default_quotas(user.get("DEFAULT_QUOTAS", DEFAULTS["DEFAULT_QUOTAS"])))
     return errors

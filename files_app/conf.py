@@ -66,7 +66,13 @@ DEFAULTS = {
     "MAX_EMBEDDING_INPUTS_PER_BATCH": 50_000,
     "MAX_VALIDATION_ERRORS": 100,
     # --- Files ---
+    # Largest file: one POST /v1/files, or the parts of one /v1/uploads Upload together.
     "MAX_UPLOAD_BYTES": 512 * 1024 * 1024,
+    # Retention, as OpenAI: purpose=batch uploads expire this many seconds after upload
+    # unless the upload says expires_after; output and error files expire this long after
+    # the batch finishes unless the batch says output_expires_after. None keeps them.
+    "DEFAULT_INPUT_FILE_TTL": 30 * 24 * 3600,
+    "DEFAULT_OUTPUT_FILE_TTL": 30 * 24 * 3600,
     # Which STORAGES alias holds file contents (S3 works through django-storages).
     "STORAGE_ALIAS": "default",
     # --- API ---

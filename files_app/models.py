@@ -1,6 +1,7 @@
 import hashlib
 import logging
 import secrets
+from datetime import timedelta
 
 from django.conf import settings
 from django.db import models
@@ -102,6 +103,17 @@ def file_storage():
     return storages[app_settings.STORAGE_ALIAS]
 
 
+def uploaded_file_expiry(purpose, created_at, expires_after=None):
+    """When a client's file expires: ``expires_after`` seconds if given, else (OpenAI's
+    default) DEFAULT_INPUT_FILE_TTL for batch input; None = kept until deleted."""
+    from .conf import app_settings
+
+    seconds = expires_after
+    if seconds is None and purpose == FilePurpose.BATCH:
+        seconds = app_settings.DEFAULT_INPUT_FILE_TTL
+    return created_at + timedelta(seconds=seconds) if seconds is not None else None
+
+
 class FileQuerySet(models.QuerySet):
     def live(self, now=None):
         """Files that have not expired (expired ones are gone for the API)."""
@@ -153,4 +165,126 @@ class File(models.Model):
                 self.content.storage.delete(name)
             except OSError:
                 logger.warning("file.content_delete_failed file_id=%s", self.id, exc_info=True)
+        return result
+
+
+# --- Uploads: a large file sent in parts (/v1/uploads) ------------------------------------
+
+# OpenAI's rules: an Upload accepts parts for an hour; one part is at most 64 MB.
+UPLOAD_LIFETIME = timedelta(hours=1)
+MAX_PART_BYTES = 64 * 1024 * 1024
+
+
+class UploadStatus(models.TextChoices):
+    PENDING = "pending"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+
+def new_upload_id():
+    return make_id("upload_")
+
+
+def new_part_id():
+    return make_id("part_")
+
+
+def part_upload_to(instance, filename):
+    return f"openai_upload_parts/{instance.upload_id}/{instance.id}"
+
+
+class UploadQuerySet(models.QuerySet):
+    def owned_by(self, user):
+        return self.filter(owner=user)
+
+    def lapsed(self, now=None):
+        """Pending uploads past their hour: they take no more parts and cannot complete."""
+        return self.filter(status=UploadStatus.PENDING, expires_at__lte=now or timezone.now())
+
+    def expire_lapsed(self, now=None):
+        """Mark lapsed uploads expired and delete their parts (``tasks.sweep``); returns how many."""
+        expired = 0
+        for upload in self.lapsed(now):
+            if Upload.objects.filter(pk=upload.pk, status=UploadStatus.PENDING).update(status=UploadStatus.EXPIRED):
+                upload.discard_parts()
+                logger.info("upload.expired upload_id=%s", upload.id)
+                expired += 1
+        return expired
+
+
+class Upload(models.Model):
+    """A file being sent in parts; completing it makes a ``File`` of the parts in order."""
+
+    id = models.CharField(primary_key=True, max_length=64, default=new_upload_id, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="openai_uploads")
+    filename = models.CharField(max_length=255)
+    purpose = models.CharField(max_length=32, choices=FilePurpose.choices)
+    bytes = models.BigIntegerField(help_text="The size the client announced; the parts must add up to it.")
+    mime_type = models.CharField(max_length=255)
+    status = models.CharField(max_length=16, choices=UploadStatus.choices, default=UploadStatus.PENDING)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    expires_at = models.DateTimeField()
+    file_expires_after = models.PositiveIntegerField(null=True, blank=True, help_text="Seconds; the created file's expires_after.")
+    # Like a batch's files: no database constraint, the client may delete the file.
+    file = models.ForeignKey(File, on_delete=models.DO_NOTHING, db_constraint=False, null=True, blank=True, related_name="+")
+
+    objects = UploadQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["status", "expires_at"])]
+
+    def __str__(self):
+        return f"{self.id} ({self.filename})"
+
+    def current_status(self, now=None):
+        if self.status == UploadStatus.PENDING and self.expires_at <= (now or timezone.now()):
+            return UploadStatus.EXPIRED
+        return self.status
+
+    def to_openai(self):
+        file = File.objects.filter(pk=self.file_id).first() if self.file_id else None
+        return {
+            "id": self.id,
+            "object": "upload",
+            "bytes": self.bytes,
+            "created_at": int(self.created_at.timestamp()),
+            "expires_at": int(self.expires_at.timestamp()),
+            "filename": self.filename,
+            "purpose": self.purpose,
+            "status": self.current_status(),
+            "file": file.to_openai() if file else None,
+        }
+
+    def discard_parts(self):
+        """Delete the parts and their stored bytes (after complete, cancel or expiry)."""
+        for part in self.parts.all():
+            part.delete()
+
+
+class UploadPart(models.Model):
+    id = models.CharField(primary_key=True, max_length=64, default=new_part_id, editable=False)
+    upload = models.ForeignKey(Upload, on_delete=models.CASCADE, related_name="parts")
+    bytes = models.BigIntegerField()
+    created_at = models.DateTimeField(default=timezone.now)
+    content = models.FileField(upload_to=part_upload_to, storage=file_storage, max_length=255)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self):
+        return self.id
+
+    def to_openai(self):
+        return {"id": self.id, "object": "upload.part", "created_at": int(self.created_at.timestamp()), "upload_id": self.upload_id}
+
+    def delete(self, *args, **kwargs):
+        name = self.content.name
+        result = super().delete(*args, **kwargs)
+        if name:
+            try:
+                self.content.storage.delete(name)
+            except OSError:
+                logger.warning("upload.part_delete_failed part_id=%s", self.id, exc_info=True)
         return result

@@ -19,7 +19,7 @@ from drf_spectacular.utils import (
 )
 from rest_framework import serializers
 
-from .models import UPLOADABLE_PURPOSES, File, FilePurpose
+from .models import UPLOADABLE_PURPOSES, File, FilePurpose, Upload, UploadStatus
 from .views import MAX_EXPIRES_AFTER, MIN_EXPIRES_AFTER
 
 
@@ -173,6 +173,94 @@ class FileViewSetSchema(OpenApiViewExtension):
 
     def view_replacement(self):
         return replace_view(self.target_class, documented_file_views, File)
+
+
+class OpenAIUploadSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    object = enum(["upload"])
+    bytes = serializers.IntegerField()
+    created_at = serializers.IntegerField(help_text="Unix seconds.")
+    expires_at = serializers.IntegerField(help_text="Unix seconds: an hour after created_at.")
+    filename = serializers.CharField()
+    purpose = enum(FilePurpose.values)
+    status = enum(UploadStatus.values)
+    file = OpenAIFileSerializer(allow_null=True, help_text="The File made of the parts, once completed.")
+
+
+class OpenAIUploadPartSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    object = enum(["upload.part"])
+    created_at = serializers.IntegerField(help_text="Unix seconds.")
+    upload_id = serializers.CharField()
+
+
+CREATE_UPLOAD_REQUEST = inline_serializer(
+    name="CreateUploadRequest",
+    fields={
+        "bytes": serializers.IntegerField(min_value=1, help_text="The size of the whole file."),
+        "filename": serializers.CharField(help_text="Batch input files must be named *.jsonl."),
+        "mime_type": serializers.CharField(help_text="e.g. application/jsonl"),
+        "purpose": enum(UPLOADABLE_PURPOSES),
+        "expires_after": inline_serializer(
+            name="UploadExpiresAfter",
+            fields={
+                "anchor": enum(["created_at"]),
+                "seconds": serializers.IntegerField(min_value=MIN_EXPIRES_AFTER, max_value=MAX_EXPIRES_AFTER),
+            },
+            required=False,
+            help_text="Expiry of the File the upload becomes.",
+        ),
+    },
+)
+
+ADD_PART_REQUEST = inline_serializer(name="AddUploadPartRequest", fields={"data": serializers.FileField(help_text="At most 64 MB.")})
+
+COMPLETE_UPLOAD_REQUEST = inline_serializer(
+    name="CompleteUploadRequest",
+    fields={
+        "part_ids": serializers.ListField(child=serializers.CharField(), help_text="The parts, in file order."),
+        "md5": serializers.CharField(required=False, help_text="Checked against the joined bytes."),
+    },
+)
+
+UPLOAD_ID = path_id("The upload's id (upload_...).")
+
+documented_upload_views = extend_schema_view(
+    create=extend_schema(
+        operation_id="createUpload",
+        summary="Start an upload in parts",
+        request=CREATE_UPLOAD_REQUEST,
+        responses={200: OpenAIUploadSerializer, **errors(400)},
+    ),
+    parts=extend_schema(
+        operation_id="addUploadPart",
+        summary="Add a part to an upload",
+        parameters=[UPLOAD_ID],
+        request={"multipart/form-data": ADD_PART_REQUEST},
+        responses={200: OpenAIUploadPartSerializer, **errors(400, 404, 409, 413, 415)},
+    ),
+    complete=extend_schema(
+        operation_id="completeUpload",
+        summary="Complete an upload: its parts become a file",
+        parameters=[UPLOAD_ID],
+        request=COMPLETE_UPLOAD_REQUEST,
+        responses={200: OpenAIUploadSerializer, **errors(400, 404, 409)},
+    ),
+    cancel=extend_schema(
+        operation_id="cancelUpload",
+        summary="Cancel an upload",
+        parameters=[UPLOAD_ID],
+        request=None,
+        responses={200: OpenAIUploadSerializer, **errors(400, 404, 409)},
+    ),
+)
+
+
+class UploadViewSetSchema(OpenApiViewExtension):
+    target_class = "files_app.upload_views.UploadViewSet"
+
+    def view_replacement(self):
+        return replace_view(self.target_class, documented_upload_views, Upload)
 
 
 class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):

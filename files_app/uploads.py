@@ -13,9 +13,9 @@ class CappedTemporaryFileUploadHandler(TemporaryFileUploadHandler):
     """Spools to a temporary file and aborts as soon as the cap is passed,
     so an oversized upload never fills memory or disk."""
 
-    def __init__(self, request=None):
+    def __init__(self, request=None, max_bytes=None):
         super().__init__(request)
-        self.max_bytes = app_settings.MAX_UPLOAD_BYTES
+        self.max_bytes = app_settings.MAX_UPLOAD_BYTES if max_bytes is None else max_bytes
         self.received = 0
         self.too_large = False
 

@@ -1,7 +1,6 @@
 import logging
 import re
 import unicodedata
-from datetime import timedelta
 
 from django.core.files.uploadhandler import StopUpload
 from django.http import FileResponse
@@ -13,7 +12,7 @@ from rest_framework.response import Response
 
 from .api import OpenAIError, OpenAIViewSet, not_found
 from .conf import app_settings
-from .models import UPLOADABLE_PURPOSES, File, FilePurpose
+from .models import UPLOADABLE_PURPOSES, File, FilePurpose, uploaded_file_expiry
 from .uploads import CappedTemporaryFileUploadHandler
 
 logger = logging.getLogger("openai_batches.files")
@@ -49,9 +48,16 @@ def parse_expires_after(data, *, param="expires_after"):
     seconds = data.get(f"{param}[seconds]")
     if anchor is None and seconds is None:
         return None
+    return checked_expires_after(anchor, seconds, param=param)
+
+
+def checked_expires_after(anchor, seconds, *, param="expires_after"):
+    """OpenAI's file expiry policy (anchor ``created_at``, 1 hour..30 days) -> seconds."""
     if anchor != "created_at":
         raise OpenAIError(f"Invalid '{param}.anchor': expected 'created_at'.", param=f"{param}.anchor", code="invalid_value")
     try:
+        if isinstance(seconds, (bool, float)):
+            raise TypeError
         seconds = int(seconds)
     except (TypeError, ValueError):
         raise OpenAIError(f"Invalid '{param}.seconds': expected an integer.", param=f"{param}.seconds", code="invalid_type")
@@ -62,6 +68,22 @@ def parse_expires_after(data, *, param="expires_after"):
             code="integer_out_of_range",
         )
     return seconds
+
+
+def check_purpose(purpose, param="purpose"):
+    if not purpose:
+        raise OpenAIError(f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
+    if purpose not in UPLOADABLE_PURPOSES:
+        raise OpenAIError(
+            f"Invalid value for '{param}': '{purpose}'. Supported values are: {', '.join(repr(p) for p in UPLOADABLE_PURPOSES)}.",
+            param=param,
+            code="invalid_value",
+        )
+
+
+def check_batch_filename(purpose, filename, *, param):
+    if purpose == FilePurpose.BATCH and not filename.lower().endswith(".jsonl"):
+        raise OpenAIError("Invalid file format for Batch API. Must be .jsonl", param=param, code="invalid_file_format")
 
 
 class FileViewSet(OpenAIViewSet):
@@ -107,18 +129,9 @@ class FileViewSet(OpenAIViewSet):
         if upload is None:
             raise OpenAIError("Missing required parameter: 'file'.", param="file", code="missing_required_parameter")
         purpose = data.get("purpose")
-        if not purpose:
-            raise OpenAIError("Missing required parameter: 'purpose'.", param="purpose", code="missing_required_parameter")
-        if purpose not in UPLOADABLE_PURPOSES:
-            raise OpenAIError(
-                f"Invalid value for 'purpose': '{purpose}'. Supported values are: {', '.join(repr(p) for p in UPLOADABLE_PURPOSES)}.",
-                param="purpose",
-                code="invalid_value",
-            )
+        check_purpose(purpose)
         filename = clean_filename(upload.name)
-        if purpose == FilePurpose.BATCH and not filename.lower().endswith(".jsonl"):
-            raise OpenAIError("Invalid file format for Batch API. Must be .jsonl", param="file", code="invalid_file_format")
-        expires_after = parse_expires_after(data)
+        check_batch_filename(purpose, filename, param="file")
         now = timezone.now()
         obj = File(
             owner=request.user,
@@ -126,7 +139,7 @@ class FileViewSet(OpenAIViewSet):
             purpose=purpose,
             bytes=upload.size,
             created_at=now,
-            expires_at=now + timedelta(seconds=expires_after) if expires_after else None,
+            expires_at=uploaded_file_expiry(purpose, now, parse_expires_after(data)),
         )
         obj.content.save(filename, upload, save=False)
         obj.save()

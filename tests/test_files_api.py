@@ -51,7 +51,7 @@ def test_upload_returns_openai_file_object(upload, api):
         "object": "file",
         "bytes": len(JSONL),
         "created_at": body["created_at"],
-        "expires_at": None,
+        "expires_at": body["created_at"] + 30 * 86400,  # OpenAI's default for batch input (DEFAULT_INPUT_FILE_TTL)
         "filename": "requests.jsonl",
         "purpose": "batch",
         "status": "processed",
