@@ -36,7 +36,6 @@ from urllib.parse import urlsplit
 
 from django.db import transaction
 from django.utils import timezone
-from django_q.tasks import async_task
 
 from files_app.conf import app_settings
 from files_app.ids import make_id
@@ -49,6 +48,7 @@ from .models import (
     WebhookEventType,
     to_unix,
 )
+from .queue import enqueue
 
 logger = logging.getLogger("openai_batches.webhooks")
 
@@ -217,17 +217,9 @@ def queue_event(batch):
 
 
 def enqueue_delivery(delivery):
-    """Queue ``deliver_webhook`` once the row is committed.
-
-    robust=True: a broker error is logged, not raised into the caller; the
-    sweeper queues the row again after REQUEUE_AFTER.
-    """
-    transaction.on_commit(
-        lambda: async_task(
-            "batches.webhooks.deliver_webhook", delivery.pk, group=delivery.batch_id, task_name=f"deliver_webhook:{delivery.pk}"
-        ),
-        robust=True,
-    )
+    """Queue the ``deliver_webhook`` task once the row is committed; if that is lost,
+    the sweeper queues the row again after REQUEUE_AFTER."""
+    enqueue("deliver_webhook", delivery.pk, group=delivery.batch_id)
 
 
 def resend(delivery):
@@ -257,8 +249,8 @@ def resend(delivery):
 # --- Delivering (django-q2 tasks) ---------------------------------------------------------
 
 
-def deliver_webhook(delivery_id):
-    """Make one attempt of one delivery. Idempotent: only a pending row is claimed."""
+def deliver(delivery_id):
+    """The ``deliver_webhook`` task: make one attempt of one delivery. Idempotent: only a pending row is claimed."""
     now = timezone.now()
     timeout = float(app_settings.WEBHOOKS_TIMEOUT)
     # While sending, next_attempt_at is the lease (and the claim's token): past it,

@@ -25,9 +25,11 @@ from django.db import OperationalError
 from django.utils import timezone
 
 from batches import bulk, tasks
-from batches import runner as runner_module
+from batches import upstream as upstream_module
 from batches.models import Batch, BatchRequest, BatchStatus, RequestStatus
-from batches.runner import BatchRunner, WorkerShutdown
+from batches.runner import BatchRunner, batch_runner, shutdown
+from batches.runner.results import ResultWriter
+from batches.runner.shutdown import WorkerShutdown
 from tests.conftest import chat_line, upload
 from tests.fake_upstream import FakeUpstream
 from tests.live import LiveStack, wait_for_batch, wait_until
@@ -65,7 +67,7 @@ def stopping(monkeypatch):
     """Shutdown state the runner sees: ``.cluster_stopping.set()`` is SIGTERM to the
     cluster, ``.signalled.set()`` SIGTERM to the worker process itself."""
     fake = RecordedShutdown()
-    monkeypatch.setattr(runner_module, "shutdown", fake)
+    monkeypatch.setattr(shutdown, "worker_shutdown", fake)
     return fake
 
 
@@ -73,7 +75,7 @@ def stopping(monkeypatch):
 def enqueued(monkeypatch):
     """Tasks the code under test enqueued: [(task, batch_id)] (on_commit never fires in db tests)."""
     calls = []
-    monkeypatch.setattr(runner_module, "enqueue", lambda task, batch_id=None: calls.append((task, batch_id)))
+    monkeypatch.setattr(batch_runner, "enqueue", lambda task, batch_id=None: calls.append((task, batch_id)))
     monkeypatch.setattr(tasks, "enqueue", lambda task, batch_id=None: calls.append((task, batch_id)))
     return calls
 
@@ -82,14 +84,14 @@ def test_shutdown_keeps_finished_results_and_hands_the_rest_back(validated, upst
     settings.OPENAI_BATCHES = {**settings.OPENAI_BATCHES, "MAX_CONCURRENT_REQUESTS_PER_BATCH": 2}
     upstream.configure(latency_ms=30)
     batch = validated([chat_line(f"r{i}", f"q{i}") for i in range(12)])
-    flush = BatchRunner._flush
+    flush = ResultWriter.flush
 
     def flush_then_stop(self):
         flush(self)
         if Batch.objects.get(pk=self.batch_id).completed_requests >= 4:
             stopping.cluster_stopping.set()
 
-    monkeypatch.setattr(BatchRunner, "_flush", flush_then_stop)
+    monkeypatch.setattr(ResultWriter, "flush", flush_then_stop)
     assert tasks.run_batch(batch.id) == "shutdown"
     assert ("run_batch", batch.id) in enqueued
     rows = BatchRequest.objects.filter(batch=batch)
@@ -103,7 +105,7 @@ def test_shutdown_keeps_finished_results_and_hands_the_rest_back(validated, upst
 
     assert stopping.exits == 0  # the cluster stops its workers itself
 
-    monkeypatch.setattr(BatchRunner, "_flush", flush)
+    monkeypatch.setattr(ResultWriter, "flush", flush)
     stopping.cluster_stopping.clear()
     assert tasks.run_batch(batch.id) == "all_done"
     counts = upstream.stats()["content_counts"]
@@ -112,19 +114,19 @@ def test_shutdown_keeps_finished_results_and_hands_the_rest_back(validated, upst
 
 def test_a_worker_signalled_itself_exits_once_its_runner_is_done(validated, upstream, stopping, enqueued, monkeypatch):
     batch = validated([chat_line(f"r{i}", f"q{i}") for i in range(6)])
-    flush = BatchRunner._flush
+    flush = ResultWriter.flush
 
     def flush_then_sigterm(self):
         flush(self)
         if not stopping.signalled.is_set():
-            stopping._on_sigterm(signal.SIGTERM, None)  # arrives while the runner works
+            stopping.on_sigterm(signal.SIGTERM, None)  # arrives while the runner works
             assert stopping.exits == 0
 
-    monkeypatch.setattr(BatchRunner, "_flush", flush_then_sigterm)
+    monkeypatch.setattr(ResultWriter, "flush", flush_then_sigterm)
     assert tasks.run_batch(batch.id) == "shutdown"
     assert stopping.exits == 1  # once the runner handed its batch back
     assert ("run_batch", batch.id) in enqueued
-    stopping._on_sigterm(signal.SIGTERM, None)
+    stopping.on_sigterm(signal.SIGTERM, None)
     assert stopping.exits == 2  # idle: at once
 
 
@@ -146,7 +148,7 @@ def test_worker_shutdown_hooks_only_cluster_workers():
 def test_a_live_runner_takes_over_rows_of_a_dead_one_as_their_leases_lapse(validated, upstream):
     batch = validated([chat_line("a", "first"), chat_line("b", "second"), chat_line("c", "third")])
     dead = BatchRunner(batch.id)
-    dead._claim(2)
+    dead.claim(2)
     # Killed long enough ago that its leases stopped being renewed; they lapse in a moment.
     BatchRequest.objects.filter(batch=batch, lease_owner=dead.owner).update(lease_expires_at=timezone.now() + timedelta(seconds=1))
     assert tasks.run_batch(batch.id) == "all_done"
@@ -166,20 +168,20 @@ def test_surplus_runners_step_aside_in_owner_order(validated, settings):
 
     middle = BatchRunner(batch.id)
     middle.owner = "host:2:mmmm"
-    assert middle._outnumbered(since) is True  # "host:1:aaaa" is alive and ordered first
+    assert middle.outnumbered(since) is True  # "host:1:aaaa" is alive and ordered first
     first = BatchRunner(batch.id)
     first.owner = "host:0:0000"
-    assert first._outnumbered(since) is False
+    assert first.outnumbered(since) is False
     settings.OPENAI_BATCHES = {**settings.OPENAI_BATCHES, "RUN_TASKS_PER_BATCH": 2}
-    assert middle._outnumbered(since) is False  # two runners wanted: both stay
+    assert middle.outnumbered(since) is False  # two runners wanted: both stay
 
 
 def test_buffered_results_survive_a_failed_write(validated, upstream, monkeypatch):
     batch = validated([chat_line("a")])
     runner = BatchRunner(batch.id)
-    ((pk, attempts, _),) = runner._claim(1)
+    ((pk, attempts, _),) = runner.claim(1)
     body = {"object": "chat.completion", "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
-    runner.results = [(pk, attempts, runner_module.upstream.Outcome("succeeded", status_code=200, body=body, request_id="req_1"), False)]
+    runner.results.add(pk, attempts, upstream_module.Outcome("succeeded", status_code=200, body=body, request_id="req_1"))
     update_each = bulk.update_each
 
     def locked_once(*args, **kwargs):
@@ -188,18 +190,18 @@ def test_buffered_results_survive_a_failed_write(validated, upstream, monkeypatc
 
     monkeypatch.setattr(bulk, "update_each", locked_once)
     with pytest.raises(OperationalError):
-        runner._flush()
+        runner.results.flush()
     assert len(runner.results) == 1
-    runner._flush()
-    assert runner.results == []
+    runner.results.flush()
+    assert len(runner.results) == 0
     assert BatchRequest.objects.get(pk=pk).status == RequestStatus.SUCCEEDED
 
 
 def test_the_runner_rides_out_a_locked_database(validated, upstream, monkeypatch):
     batch = validated([chat_line(f"r{i}", f"q{i}") for i in range(5)])
-    monkeypatch.setattr(runner_module, "STATUS_CHECK_SECONDS", 0.0)
-    monkeypatch.setattr(runner_module, "DATABASE_RETRY_SECONDS", 0.01)
-    should_stop = BatchRunner._should_stop
+    monkeypatch.setattr(batch_runner, "STATUS_CHECK_SECONDS", 0.0)
+    monkeypatch.setattr(batch_runner, "DATABASE_RETRY_SECONDS", 0.01)
+    should_stop = BatchRunner.batch_stop_reason
     failures = {"left": 3}
 
     def flaky(self):
@@ -208,7 +210,7 @@ def test_the_runner_rides_out_a_locked_database(validated, upstream, monkeypatch
             raise OperationalError("database is locked")
         return should_stop(self)
 
-    monkeypatch.setattr(BatchRunner, "_should_stop", flaky)
+    monkeypatch.setattr(BatchRunner, "batch_stop_reason", flaky)
     assert tasks.run_batch(batch.id) == "all_done"
     assert failures["left"] == 0
     assert upstream.stats()["content_counts"] == {f"q{i}": 1 for i in range(5)}

@@ -12,10 +12,11 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from batches import lifecycle, runner, tasks
+from batches import lifecycle, tasks
 from batches import upstream as upstream_module
 from batches.models import Batch, BatchRequest, BatchStatus, RequestStatus
-from batches.runner import BatchRunner
+from batches.runner import BatchRunner, batch_runner
+from batches.runner.results import ResultWriter
 from files_app.models import File
 from tests.conftest import chat_line
 
@@ -58,18 +59,19 @@ def run(validated):
 
 @pytest.fixture
 def on_flush(monkeypatch):
-    """``on_flush(callback)``: call ``callback(runner)`` after every flush that wrote results."""
+    """``on_flush(callback)``: call ``callback(writer)`` after every flush of a runner's
+    result writer that wrote results (``writer.batch_id`` is the runner's batch)."""
 
     def install(callback):
-        original = BatchRunner._flush
+        original = ResultWriter.flush
 
         def flush_then_observe(self):
-            pending = bool(self.results)
+            pending = len(self) > 0
             original(self)
             if pending:
                 callback(self)
 
-        monkeypatch.setattr(BatchRunner, "_flush", flush_then_observe)
+        monkeypatch.setattr(ResultWriter, "flush", flush_then_observe)
 
     return install
 
@@ -276,11 +278,11 @@ def test_unreachable_upstream_gives_up_with_no_response(validated, upstream, bat
 
 def test_cancel_mid_run_keeps_finished_results(run, upstream, batch_settings, on_flush, monkeypatch):
     batch_settings(MAX_CONCURRENT_REQUESTS_PER_BATCH=2)
-    monkeypatch.setattr(runner, "STATUS_CHECK_SECONDS", 0.05)
+    monkeypatch.setattr(batch_runner, "STATUS_CHECK_SECONDS", 0.05)
     upstream.configure(latency_ms=100)
 
-    def cancel_once(active_runner):
-        batch = Batch.objects.get(pk=active_runner.batch_id)
+    def cancel_once(writer):
+        batch = Batch.objects.get(pk=writer.batch_id)
         if batch.status == BatchStatus.IN_PROGRESS:
             assert lifecycle.request_cancel(batch)
 
@@ -354,7 +356,7 @@ def test_expired_batch_is_swept_and_finalized(validated, upstream):
 
 def test_expiry_mid_run_keeps_finished_results(run, upstream, batch_settings, on_flush, monkeypatch):
     batch_settings(MAX_CONCURRENT_REQUESTS_PER_BATCH=2)
-    monkeypatch.setattr(runner, "STATUS_CHECK_SECONDS", 0.05)
+    monkeypatch.setattr(batch_runner, "STATUS_CHECK_SECONDS", 0.05)
     upstream.configure(latency_ms=100)
     on_flush(lambda r: Batch.objects.filter(pk=r.batch_id).update(expires_at=timezone.now() - timedelta(seconds=1)))
     outcome, batch = run([chat_line(f"r{i:02d}", f"q{i}") for i in range(20)])
@@ -409,24 +411,26 @@ def succeeded_outcome(pk):
 def test_results_of_a_runner_whose_lease_was_taken_over_are_discarded(validated):
     batch = validated([chat_line("a"), chat_line("b")])
     first = BatchRunner(batch.id)
-    claimed = first._claim(2)
+    claimed = first.claim(2)
     assert len(claimed) == 2
     # The first runner stalls past its lease; a second runner takes the rows over.
     BatchRequest.objects.filter(batch=batch).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
     second = BatchRunner(batch.id)
-    assert {pk for pk, _, _ in second._claim(2)} == {pk for pk, _, _ in claimed}
+    assert {pk for pk, _, _ in second.claim(2)} == {pk for pk, _, _ in claimed}
 
-    first.results = [(pk, attempts, succeeded_outcome(pk), False) for pk, attempts, _ in claimed]
-    first._flush()
-    assert first.stats["succeeded"] == 0
+    for pk, attempts, _ in claimed:
+        first.results.add(pk, attempts, succeeded_outcome(pk))
+    first.results.flush()
+    assert first.results.stats["succeeded"] == 0
     rows = BatchRequest.objects.filter(batch=batch)
     assert set(rows.values_list("status", "lease_owner")) == {(RequestStatus.RUNNING, second.owner)}
     assert set(rows.values_list("attempts", flat=True)) == {2}
     assert Batch.objects.get(pk=batch.id).completed_requests == 0
 
-    second.results = [(pk, attempts, succeeded_outcome(pk), False) for pk, attempts, _ in claimed]
-    second._flush()
-    assert second.stats["succeeded"] == 2
+    for pk, attempts, _ in claimed:
+        second.results.add(pk, attempts, succeeded_outcome(pk))
+    second.results.flush()
+    assert second.results.stats["succeeded"] == 2
     assert set(rows.values_list("status", "lease_owner")) == {(RequestStatus.SUCCEEDED, None)}
     assert set(rows.values_list("upstream_request_id", flat=True)) == {f"req_stale_{pk}" for pk, _, _ in claimed}
     assert Batch.objects.get(pk=batch.id).completed_requests == 2
@@ -435,11 +439,11 @@ def test_results_of_a_runner_whose_lease_was_taken_over_are_discarded(validated)
 def test_results_for_rows_finished_meanwhile_are_discarded(validated):
     batch = validated([chat_line("a")])
     stale = BatchRunner(batch.id)
-    ((pk, attempts, _),) = stale._claim(1)
+    ((pk, attempts, _),) = stale.claim(1)
     # Finalization (cancel) ended the row while the runner was still waiting on it.
     BatchRequest.objects.filter(pk=pk).update(status=RequestStatus.CANCELLED, lease_owner=None, error={"code": "batch_cancelled"})
-    stale.results = [(pk, attempts, succeeded_outcome(pk), False)]
-    stale._flush()
+    stale.results.add(pk, attempts, succeeded_outcome(pk))
+    stale.results.flush()
     row = BatchRequest.objects.get(pk=pk)
     assert row.status == RequestStatus.CANCELLED
     assert row.response_body is None
@@ -449,7 +453,7 @@ def test_results_for_rows_finished_meanwhile_are_discarded(validated):
 def test_a_dead_runners_rows_are_reclaimed_and_finished(validated, upstream):
     batch = validated([chat_line("a", "first"), chat_line("b", "second")])
     dead = BatchRunner(batch.id)
-    dead._claim(2)  # then the worker dies: its rows stay running until the lease runs out
+    dead.claim(2)  # then the worker dies: its rows stay running until the lease runs out
     assert tasks.run_batch(batch.id) == "others_running"
     BatchRequest.objects.filter(batch=batch).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
     assert tasks.run_batch(batch.id) == "all_done"

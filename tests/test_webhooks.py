@@ -15,6 +15,7 @@ from django.utils import timezone
 from openai.types.webhooks import BatchCompletedWebhookEvent
 
 from batches import lifecycle, tasks, webhooks
+from batches import queue as batches_queue
 from batches.models import Batch, BatchStatus, DeliveryStatus, WebhookDelivery, WebhookEndpoint
 from batches.signals import batch_finished, batch_status_changed
 from tests.conftest import chat_line
@@ -97,15 +98,19 @@ def set_app_settings(settings, **values):
 
 @pytest.fixture
 def task_queue(django_capture_on_commit_callbacks):
-    """Stands in for django-q2 under batches.webhooks: records queued tasks; ``run()``
-    executes them like a worker would (by dotted path) and returns their results.
-    ``sweep(now)`` runs the sweeper's webhook part and commits, as tasks.sweep would."""
+    """Stands in for django-q2 for webhook deliveries: records queued delivery tasks
+    (batch tasks go to the broker as usual); ``run()`` executes them like a worker
+    would (by dotted path) and returns their results. ``sweep(now)`` runs the
+    sweeper's webhook part and commits, as tasks.sweep would."""
+    broker_async_task = batches_queue.async_task
 
     class Queue:
         def __init__(self):
             self.tasks = []
 
         def async_task(self, func, *args, **kwargs):
+            if func != "batches.tasks.deliver_webhook":
+                return broker_async_task(func, *args, **kwargs)
             self.tasks.append((func, args))
 
         def run(self):
@@ -121,7 +126,7 @@ def task_queue(django_capture_on_commit_callbacks):
                 return webhooks.sweep_deliveries(now=now)
 
     queue = Queue()
-    with mock.patch.object(webhooks, "async_task", queue.async_task):
+    with mock.patch.object(batches_queue, "async_task", queue.async_task):
         yield queue
 
 
@@ -177,7 +182,7 @@ def test_finished_batch_event_is_signed_for_the_openai_sdk(make_receiver, make_e
 
     assert batch.status == BatchStatus.COMPLETED
     assert receiver.requests == []  # nothing was sent from the batch path
-    assert [name for name, _ in task_queue.tasks] == ["batches.webhooks.deliver_webhook"] * 2
+    assert [name for name, _ in task_queue.tasks] == ["batches.tasks.deliver_webhook"] * 2
     assert sorted(task_queue.run()) == ["succeeded", "succeeded"]
 
     [record] = receiver.requests

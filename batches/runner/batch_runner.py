@@ -18,26 +18,26 @@ whole failure model.
 import asyncio
 import collections
 import logging
-import os
 import queue
-import random
-import signal
-import sys
 import threading
 import time
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, connection, transaction
+from django.db import InterfaceError, OperationalError, connection
 from django.db.models import F
 from django.utils import timezone
 
 from files_app.conf import app_settings
 
-from . import bulk, claims, lifecycle, ratelimit, upstream
-from .models import Batch, BatchRequest, BatchStatus, RequestStatus
-from .output import finalize_batch
-from .queue import enqueue
+from .. import claims, lifecycle, ratelimit, upstream
+from ..models import Batch, BatchRequest, BatchStatus, RequestStatus
+from ..output import finalize_batch
+from ..queue import enqueue
+from . import shutdown
+from .breaker import CircuitBreaker
+from .outcome import RunOutcome
+from .results import ResultWriter
 
 logger = logging.getLogger("openai_batches.runner")
 
@@ -50,140 +50,6 @@ STOP_GRACE_SECONDS = 5.0
 HEARTBEAT_SLACK_SECONDS = 1.0
 # After a database error, retry this often; give up once our leases must have lapsed.
 DATABASE_RETRY_SECONDS = 0.5
-# Why a runner stops while its batch goes on; any other reason (the batch was
-# cancelled, expired, finalized or deleted) ends the batch's processing: finalize.
-CONTINUING_STOPS = ("all_done", "slice_over", "shutdown", "lost_slot", "others_running", "redundant")
-
-
-def backoff_delay(attempt, retry_after=None):
-    """Exponential backoff with full jitter; an upstream's Retry-After wins when longer."""
-    ceiling = min(app_settings.RETRY_BACKOFF_MAX, app_settings.RETRY_BACKOFF_BASE * 2 ** max(0, attempt - 1))
-    delay = random.uniform(ceiling / 2, ceiling)
-    if retry_after is not None:
-        delay = max(delay, min(retry_after, app_settings.RETRY_BACKOFF_MAX * 5))
-    return delay
-
-
-class CircuitBreaker:
-    """Pauses the whole batch while the upstream looks down, instead of burning
-    every line's attempts at full speed. Failures seen while it trips don't cost
-    the request an attempt."""
-
-    def __init__(self):
-        self.consecutive_failures = 0
-        self.open_until = 0.0
-        self.trips = 0
-        self.probe_in_flight = False
-
-    @property
-    def is_open(self):
-        return time.monotonic() < self.open_until
-
-    @property
-    def half_open(self):
-        """Cooled down after a trip: one probe request decides whether to close."""
-        return bool(self.trips) and self.consecutive_failures >= app_settings.CIRCUIT_BREAKER_THRESHOLD and not self.is_open
-
-    def allowance(self, wanted):
-        """How many of ``wanted`` requests may be sent now."""
-        if self.is_open:
-            return 0
-        if self.half_open:
-            return 0 if self.probe_in_flight else min(1, wanted)
-        return wanted
-
-    def sent(self, count):
-        if count and self.half_open:
-            self.probe_in_flight = True
-
-    def record(self, outcome):
-        """Return True when this failure should not count as an attempt."""
-        transient = outcome.kind == "retry" and (outcome.connection_error or (outcome.status_code or 0) >= 500)
-        if not transient:
-            if self.trips:
-                logger.info("runner.breaker_closed after_trips=%d", self.trips)
-            self.consecutive_failures, self.trips, self.probe_in_flight = 0, 0, False
-            return False
-        self.consecutive_failures += 1
-        self.probe_in_flight = False
-        if self.consecutive_failures >= app_settings.CIRCUIT_BREAKER_THRESHOLD:
-            if not self.is_open:
-                cooldown = min(app_settings.RETRY_BACKOFF_MAX, app_settings.RETRY_BACKOFF_BASE * 2**self.trips)
-                self.trips += 1
-                self.open_until = time.monotonic() + cooldown
-                logger.warning("runner.breaker_open cooldown_s=%.1f trips=%d", cooldown, self.trips)
-            return True
-        return False
-
-
-class WorkerShutdown:
-    """Tells the runners of a django-q2 worker process that the process is going away.
-
-    django-q2 stops workers in one of two ways, neither of which a task notices:
-
-    * SIGTERM (or Ctrl-C) to the cluster's main process only (``docker stop``,
-      Kubernetes, supervisor, ``make run``): workers get no signal. The sentinel
-      queues STOP pills behind the tasks it already fetched and waits for the
-      running ones however long they take, until the orchestrator's SIGKILL.
-      A worker is forked from the sentinel, which is still on the forked
-      stack; its ``stop_event`` is the cluster's "stopping" flag.
-    * SIGTERM to every process (systemd's default KillMode): the sentinel leaves
-      workers at SIG_DFL, so they would die on the spot with calls in flight.
-
-    ``install()`` (from the post_spawn hook, in the worker) covers both; a runner
-    that sees ``requested()`` stops claiming, lets in-flight calls finish for
-    SHUTDOWN_GRACE_SECONDS, writes their results, hands the rest back and
-    re-enqueues its batch, so a restart repeats no upstream call.
-    """
-
-    def __init__(self):
-        self.signalled = threading.Event()
-        self.cluster_stopping = None
-        self.active_runners = 0
-
-    def install(self):
-        """Hook into this worker process; False when not in a cluster worker (a task run inline, sync mode)."""
-        self.cluster_stopping = _cluster_stop_event()
-        if self.cluster_stopping is None:
-            return False
-        signal.signal(signal.SIGTERM, self._on_sigterm)
-        return True
-
-    def requested(self):
-        return self.signalled.is_set() or bool(self.cluster_stopping is not None and self.cluster_stopping.is_set())
-
-    def _on_sigterm(self, signum, frame):
-        self.signalled.set()
-        if not self.active_runners:
-            self.exit()  # nothing of ours in flight: stop the way django-q2 would have
-
-    def exit_if_signalled(self):
-        """After a run, a worker that got SIGTERM itself ends: its sentinel may be gone."""
-        if self.signalled.is_set():
-            self.exit()
-
-    @staticmethod
-    def exit():
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
-def _cluster_stop_event():
-    """The stop event of the django-q2 cluster whose sentinel forked this process, if any."""
-    try:
-        from django_q.cluster import Sentinel
-    except ImportError:  # pragma: no cover - django-q2 is a dependency
-        return None
-    frame = sys._getframe(1)
-    while frame is not None:
-        candidate = frame.f_locals.get("self")
-        if isinstance(candidate, Sentinel):
-            return candidate.stop_event
-        frame = frame.f_back
-    return None
-
-
-shutdown = WorkerShutdown()
 
 
 class EventLoopThread:
@@ -211,38 +77,39 @@ class BatchRunner:
         self.window = app_settings.MAX_CONCURRENT_REQUESTS_PER_BATCH
         self.lease = timedelta(seconds=app_settings.LEASE_SECONDS)
         self.heartbeat_every = max(0.5, app_settings.LEASE_SECONDS / 4)
-        self.max_attempts = app_settings.MAX_ATTEMPTS
         self.limiter = None
         self.ready = collections.deque()  # claimed rows waiting for rate-limit permits: (pk, attempts, body, tokens)
         self.permits_at = 0.0  # monotonic time the limiter said the next permit is due
         self.in_flight = {}  # row pk -> (attempts, concurrent future)
         self.done = queue.SimpleQueue()  # (pk, attempts, future) from the loop thread
-        self.results = []
+        self.results = ResultWriter(batch_id, self.owner, app_settings.MAX_ATTEMPTS)
         self.breaker = CircuitBreaker()
-        self.stats = {"sent": 0, "succeeded": 0, "failed": 0, "retried": 0}
+        self.sent = 0
 
     # --- entry point -----------------------------------------------------------
 
     def run(self):
+        """Work on the batch until a stop reason; returns the task's ``RunOutcome``."""
         batch = Batch.objects.filter(pk=self.batch_id).only("status", "endpoint", "model", "expires_at").first()
         if batch is None or batch.status != BatchStatus.IN_PROGRESS:
-            return "not_running"
-        if shutdown.requested():
+            return RunOutcome.NOT_RUNNING
+        worker = shutdown.worker_shutdown
+        if worker.requested():
             # Fetched by a stopping cluster: leave the batch to the next one.
             enqueue("run_batch", self.batch_id)
-            return "shutdown"
+            return RunOutcome.SHUTDOWN
         if lifecycle.expire_if_due(self.batch_id):
-            return "expired"
+            return RunOutcome.EXPIRED
         if not lifecycle.acquire_slot(self.batch_id):
             logger.info("runner.waiting_for_slot batch_id=%s", self.batch_id)
-            return "no_slot"
+            return RunOutcome.NO_SLOT
         self.endpoint = batch.endpoint
         route = upstream.route_for(batch.model)
         self.limiter = ratelimit.limiter_for(batch.model, route)
         self.loop = EventLoopThread()
         self.client = upstream.async_client(route, max_connections=self.window)
         logger.info("runner.started batch_id=%s owner=%s window=%d limiter=%s", self.batch_id, self.owner, self.window, self.limiter)
-        shutdown.active_runners += 1
+        worker.active_runners += 1
         try:
             try:
                 outcome = self._loop()
@@ -257,16 +124,20 @@ class BatchRunner:
             )
             outcome = self._after(outcome)
         finally:
-            shutdown.active_runners -= 1
-        shutdown.exit_if_signalled()
+            worker.active_runners -= 1
+        worker.exit_if_signalled()
         return outcome
+
+    @property
+    def stats(self):
+        return {"sent": self.sent, **self.results.stats}
 
     def _wind_down(self):
         """Keep what finished, hand back what did not, close the client."""
         try:
             self._collect(timeout=0)
             self._abandon_unsent_and_in_flight()
-            self._flush()
+            self.results.flush()
         except (OperationalError, InterfaceError):
             # The database is gone: our leases lapse and another runner redoes these rows.
             logger.exception("runner.wind_down_failed batch_id=%s", self.batch_id)
@@ -276,22 +147,22 @@ class BatchRunner:
 
     def _after(self, outcome):
         """What the batch needs once this runner stopped; returns the task's outcome."""
-        if outcome == "all_done":
+        if outcome == RunOutcome.ALL_DONE:
             if lifecycle.transition(self.batch_id, [BatchStatus.IN_PROGRESS], BatchStatus.FINALIZING):
                 lifecycle.release_slot(self.batch_id)
                 finalize_batch(self.batch_id)
-        elif outcome in ("slice_over", "shutdown"):
+        elif outcome in (RunOutcome.SLICE_OVER, RunOutcome.SHUTDOWN):
             # Another run task carries on (on this or another host, or after the restart).
             if not self._others_hold_leases():
                 lifecycle.release_slot(self.batch_id)
             enqueue("run_batch", self.batch_id)
-        elif outcome == "lost_slot":
+        elif outcome == RunOutcome.LOST_SLOT:
             enqueue("run_batch", self.batch_id)
-        elif outcome not in CONTINUING_STOPS:
+        elif not outcome.batch_goes_on:
             lifecycle.release_slot(self.batch_id)
             finalize_batch(self.batch_id)
-            return "stopped"
-        # "others_running": those runners finalize; "redundant": they carry on.
+            return RunOutcome.STOPPED
+        # OTHERS_RUNNING: those runners finalize; REDUNDANT: they carry on.
         return outcome
 
     # --- the work loop -------------------------------------------------------------
@@ -330,19 +201,19 @@ class BatchRunner:
         if self.results and (
             len(self.results) >= FLUSH_EVERY_RESULTS or now - self.last_flush >= FLUSH_EVERY_SECONDS or not self.in_flight
         ):
-            self._flush()
+            self.results.flush()
             self.last_flush = now
-        if shutdown.requested():
-            self._stop_for("shutdown", now)
+        if shutdown.worker_shutdown.requested():
+            self._stop_for(RunOutcome.SHUTDOWN, now)
         if now >= self.next_status_check:
             self.next_status_check = now + STATUS_CHECK_SECONDS
             if self.stop_reason is None:
-                self._stop_for(self._should_stop(), now)
+                self._stop_for(self.batch_stop_reason(), now)
         if now >= self.next_heartbeat:
             self.next_heartbeat = now + self.heartbeat_every
             self._stop_for(self._heartbeat(), now)
         if now >= self.slice_ends:
-            self._stop_for("slice_over", now)
+            self._stop_for(RunOutcome.SLICE_OVER, now)
         if self.stop_reason:
             # No new upstream call once stopping; in-flight ones may finish until the deadline.
             self._abandon_unsent()
@@ -357,20 +228,20 @@ class BatchRunner:
         if self.breaker.is_open:
             time.sleep(min(0.2, max(0.0, self.breaker.open_until - time.monotonic())))
             return None
-        self._flush()
+        self.results.flush()
         return self._nothing_claimable()
 
     def _stop_for(self, reason, now):
         if not reason:
             return
         if self.stop_reason:
-            if reason == "shutdown":  # already draining (end of slice): a deploy cannot wait that long
+            if reason == RunOutcome.SHUTDOWN:  # already draining (end of slice): a deploy cannot wait that long
                 self.stop_deadline = min(self.stop_deadline, now + app_settings.SHUTDOWN_GRACE_SECONDS)
             return
         grace = {
-            "shutdown": app_settings.SHUTDOWN_GRACE_SECONDS,
-            "slice_over": self._drain_seconds(),
-            "redundant": self._drain_seconds(),
+            RunOutcome.SHUTDOWN: app_settings.SHUTDOWN_GRACE_SECONDS,
+            RunOutcome.SLICE_OVER: self._drain_seconds(),
+            RunOutcome.REDUNDANT: self._drain_seconds(),
         }.get(reason, STOP_GRACE_SECONDS)
         self.stop_reason, self.stop_deadline = reason, now + grace
         logger.info("runner.stopping batch_id=%s owner=%s reason=%s in_flight=%d", self.batch_id, self.owner, reason, len(self.in_flight))
@@ -387,7 +258,7 @@ class BatchRunner:
         rows = BatchRequest.objects.filter(batch_id=self.batch_id)
         # One query, so a retry written meanwhile by another runner cannot slip between checks.
         if not rows.unfinished().exists():
-            return "all_done"
+            return RunOutcome.ALL_DONE
         now = timezone.now()
         if rows.filter(status=RequestStatus.PENDING).exists():
             # Retries in backoff, or the per-batch limit is held by other runners.
@@ -403,17 +274,19 @@ class BatchRunner:
         # heartbeat and finalize when done; a dead one's rows are ours once they lapse.
         fresh = now + self.lease - timedelta(seconds=self.heartbeat_every + HEARTBEAT_SLACK_SECONDS)
         if rows.live_leases(now).filter(lease_expires_at__gt=fresh).exists():
-            return "others_running"
+            return RunOutcome.OTHERS_RUNNING
         lapse = rows.filter(status=RequestStatus.RUNNING).order_by("lease_expires_at").values_list("lease_expires_at", flat=True).first()
         time.sleep(min(max((lapse - now).total_seconds() if lapse else 0.05, 0.05), 1.0))
         return None
 
-    def _should_stop(self):
+    def batch_stop_reason(self):
+        """Why the batch's own state ends this run (re-read from the database), or None."""
         status = Batch.objects.filter(pk=self.batch_id).values_list("status", flat=True).first()
         if status != BatchStatus.IN_PROGRESS:
-            return status or "deleted"
+            logger.info("runner.batch_left_in_progress batch_id=%s status=%s", self.batch_id, status or "deleted")
+            return RunOutcome.BATCH_LEFT_IN_PROGRESS
         if lifecycle.expire_if_due(self.batch_id):
-            return "expired"
+            return RunOutcome.EXPIRED
         return None
 
     def _heartbeat(self):
@@ -422,14 +295,14 @@ class BatchRunner:
             lease_expires_at=now + self.lease
         )
         if not lifecycle.acquire_slot(self.batch_id):
-            return self._should_stop() or "lost_slot"
+            return self.batch_stop_reason() or RunOutcome.LOST_SLOT
         since = self.heartbeats[0]
         self.heartbeats.append(now)
-        if self._outnumbered(since):
-            return "redundant"
+        if self.outnumbered(since):
+            return RunOutcome.REDUNDANT
         return None
 
-    def _outnumbered(self, since):
+    def outnumbered(self, since):
         """True when RUN_TASKS_PER_BATCH other runners, each with an owner id ordered
         before ours, renewed or claimed leases on this batch since ``since``.
 
@@ -448,7 +321,8 @@ class BatchRunner:
 
     # --- claiming and sending --------------------------------------------------------
 
-    def _claim(self, wanted):
+    def claim(self, wanted):
+        """Claim up to ``wanted`` rows under this runner's lease: [(pk, attempts, body)]."""
         now = timezone.now()
         return self.claimer.claim(wanted, window=self.window, unflushed=len(self.results), now=now, lease_until=now + self.lease)
 
@@ -464,7 +338,7 @@ class BatchRunner:
         wanted = self.breaker.allowance(free)
         if self.limiter and self.limiter.burst_requests:
             wanted = min(wanted, self.limiter.burst_requests)
-        claimed = self._claim(wanted) if wanted else []
+        claimed = self.claim(wanted) if wanted else []
         counts_tokens = self.limiter is not None and self.limiter.counts_tokens
         for pk, attempts, body in claimed:
             self.ready.append((pk, attempts, body, ratelimit.estimate_tokens(body) if counts_tokens else 0))
@@ -490,7 +364,7 @@ class BatchRunner:
             future = self.loop.submit(upstream.send(self.client, self.endpoint, body))
             future.add_done_callback(lambda f, pk=pk, attempts=attempts: self.done.put((pk, attempts, f)))
             self.in_flight[pk] = (attempts, future)
-            self.stats["sent"] += 1
+            self.sent += 1
 
     def _collect(self, timeout):
         """Move finished upstream calls from the loop thread into the write buffer."""
@@ -507,7 +381,7 @@ class BatchRunner:
                 except Exception as exc:  # a bug, not an upstream problem: keep the line, retry later
                     logger.exception("runner.send_crashed batch_id=%s request_pk=%s", self.batch_id, pk)
                     outcome = upstream.Outcome("retry", error={"code": "internal_error", "message": type(exc).__name__})
-                self.results.append((pk, attempts, outcome, self.breaker.record(outcome)))
+                self.results.add(pk, attempts, outcome, refund=self.breaker.record(outcome))
             try:
                 item = self.done.get_nowait()
             except queue.Empty:
@@ -535,59 +409,3 @@ class BatchRunner:
             status=RequestStatus.PENDING, lease_owner=None, lease_expires_at=None, attempts=F("attempts") - 1
         )
         logger.info("runner.released batch_id=%s what=%s requests=%d", self.batch_id, what, released)
-
-    # --- writing results -------------------------------------------------------------
-
-    def _flush(self):
-        """Write buffered outcomes in bulk, only where our lease still holds.
-
-        On a database error the outcomes stay buffered for the next attempt."""
-        if not self.results:
-            return
-        buffered, self.results = self.results, []
-        now = timezone.now()
-        succeeded, failed, retry = [], [], []
-        for pk, attempts, outcome, refund in buffered:
-            row = BatchRequest(pk=pk, lease_owner=None, lease_expires_at=None, finished_at=now)
-            row.status_code, row.upstream_request_id = outcome.status_code, outcome.request_id
-            row.response_body, row.error = outcome.body, outcome.error
-            if outcome.kind == "retry" and (refund or attempts < self.max_attempts):
-                row.status, row.finished_at = RequestStatus.PENDING, None
-                row.attempts = attempts - 1 if refund else attempts
-                row.not_before = now + timedelta(seconds=backoff_delay(attempts, outcome.retry_after))
-                retry.append(row)
-            elif outcome.kind == "succeeded":
-                row.status, row.error = RequestStatus.SUCCEEDED, None
-                succeeded.append(row)
-            else:
-                row.status = RequestStatus.FAILED
-                if outcome.status_code is None:  # never got an answer: only the error is known
-                    row.response_body = None
-                failed.append(row)
-        lease = {"batch_id": self.batch_id, "lease_owner": self.owner, "status": RequestStatus.RUNNING}
-        result_fields = [
-            "status",
-            "status_code",
-            "upstream_request_id",
-            "response_body",
-            "error",
-            "lease_owner",
-            "lease_expires_at",
-            "finished_at",
-        ]
-        try:
-            with transaction.atomic():
-                bulk.relax_commit()
-                done_ok = bulk.update_each(succeeded, result_fields, **lease)
-                done_failed = bulk.update_each(failed, result_fields, **lease)
-                bulk.update_each(retry, result_fields + ["attempts", "not_before"], **lease)
-                if done_ok or done_failed:
-                    Batch.objects.filter(pk=self.batch_id).update(
-                        completed_requests=F("completed_requests") + done_ok, failed_requests=F("failed_requests") + done_failed
-                    )
-        except (OperationalError, InterfaceError):
-            self.results = buffered + self.results
-            raise
-        self.stats["succeeded"] += done_ok
-        self.stats["failed"] += done_failed
-        self.stats["retried"] += len(retry)
