@@ -5,6 +5,7 @@ import os
 
 from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
+from django.utils.module_loading import import_string
 
 from files_app.conf import SETTING_NAME, app_settings
 
@@ -22,6 +23,7 @@ def check_queue_settings(app_configs, **kwargs):
         return []  # files_app's check reports openai_batches.E001
     messages = check_q_cluster(getattr(settings, "Q_CLUSTER", None) or {})
     messages.extend(check_completion_windows(app_settings.COMPLETION_WINDOWS, app_settings.COMPLETION_WINDOW_SECONDS))
+    messages.extend(check_client_class(app_settings.UPSTREAM_CLIENT_CLASS))
     if not upstream_configured():
         messages.append(
             Warning(
@@ -54,6 +56,26 @@ def check_completion_windows(windows, override_seconds):
             )
         )
     return messages
+
+
+def check_client_class(path):
+    """UPSTREAM_CLIENT_CLASS must import and have the client interface (batches/upstream.py)."""
+    try:
+        client_class = import_string(path)
+    except ImportError as exc:
+        problem = f"cannot be imported ({exc})"
+    else:
+        missing = [name for name in ("post", "close") if not callable(getattr(client_class, name, None))]
+        if not missing:
+            return []
+        problem = f"has no {' or '.join(missing)}()"
+    return [
+        Error(
+            f"{SETTING_NAME}['UPSTREAM_CLIENT_CLASS'] {path!r} {problem}.",
+            hint="Use 'batches.upstream.AiohttpClient' (the default) or 'batches.upstream.OpenAIClient'.",
+            id="openai_batches.E030",
+        )
+    ]
 
 
 def upstream_configured():

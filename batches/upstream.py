@@ -52,13 +52,13 @@ def default_base_url():
 
 
 class AiohttpClient:
-    """Inference calls straight on aiohttp: one session per runner.
+    """Inference calls straight on aiohttp, one session per runner (the default).
 
     An inference call is one JSON POST whose every outcome ``send`` classifies
     itself (the SDK's retries are off anyway), so this client skips the SDK:
     profiled at 0 ms upstream latency, ``AsyncOpenAI.post`` cost about 1.4 ms of
-    CPU a call against 0.35 ms for the same request here. Choose it with
-    ``UPSTREAM_CLIENT_CLASS`` when the worker's CPU is the bottleneck.
+    CPU a call against 0.35 ms for the same request here. Outcomes are the same
+    as ``OpenAIClient``'s (tests/test_upstream_clients.py runs both on one table).
     """
 
     def __init__(self, route: Route, max_connections: int):
@@ -81,7 +81,8 @@ class AiohttpClient:
     async def post(self, path: str, body: dict):
         """``(status, headers, content)`` of one POST; raises TimeoutError / OSError / aiohttp errors."""
         payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
-        async with self._session().post(f"{self.url}/{path.lstrip('/')}", data=payload, proxy=self.proxy) as response:
+        url = f"{self.url}/{path.lstrip('/')}"
+        async with self._session().post(url, data=payload, proxy=self.proxy, allow_redirects=False) as response:
             return response.status, response.headers, await response.read()
 
     async def close(self):
@@ -90,17 +91,19 @@ class AiohttpClient:
 
 
 class OpenAIClient:
-    """Inference calls through ``openai.AsyncOpenAI`` (the default), on the SDK's
-    aiohttp transport when ``openai[aiohttp]`` is installed: the SDK's proxy,
-    header and client handling apply. Same interface as ``AiohttpClient``."""
+    """Inference calls through ``openai.AsyncOpenAI``, on the SDK's aiohttp transport
+    when ``openai[aiohttp]`` is installed: the SDK's proxy, header and client
+    handling apply, at about four times ``AiohttpClient``'s CPU per call. Same
+    interface and outcomes as ``AiohttpClient``."""
 
     def __init__(self, route: Route, max_connections: int):
         self.api_key = route.api_key or "none"
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        # Redirects are answers, as in AiohttpClient: following one would turn the POST into a GET.
         try:
-            http_client = openai.DefaultAioHttpClient(limits=limits)
+            http_client = openai.DefaultAioHttpClient(limits=limits, follow_redirects=False)
         except (AttributeError, RuntimeError):  # openai without the aiohttp extra
-            http_client = openai.DefaultAsyncHttpxClient(limits=limits)
+            http_client = openai.DefaultAsyncHttpxClient(limits=limits, follow_redirects=False)
         # Retries are ours (persisted per request, with backoff), so the SDK's are off.
         self.client = openai.AsyncOpenAI(
             base_url=route.base_url, api_key=self.api_key, max_retries=0, timeout=app_settings.UPSTREAM_TIMEOUT, http_client=http_client
@@ -112,21 +115,12 @@ class OpenAIClient:
         except openai.APIStatusError as exc:
             response = exc.response
         except openai.APIConnectionError as exc:
-            # The aiohttp transport reports refused connections as timeouts too; the cause chain tells.
-            raise (TimeoutError if _caused_by_timeout(exc) else ConnectionError)(str(exc)) from exc
+            # ``send`` classifies by the transport error at the root of the chain.
+            raise ConnectionError(str(exc)) from exc
         return response.status_code, response.headers, response.content
 
     async def close(self):
         await self.client.close()
-
-
-def _caused_by_timeout(exc):
-    seen = exc
-    while seen is not None:
-        if isinstance(seen, TimeoutError):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
 
 
 def env_proxy(url):
@@ -214,11 +208,38 @@ def parse_retry_after(headers):
 
 
 def _json_body(content):
+    """The answer as a dict, or None when it is not JSON."""
     try:
         body = json.loads(content)
     except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
-        return {"error": {"message": content[:2000].decode(errors="replace"), "type": "upstream_error"}}
+        return None
     return body if isinstance(body, dict) else {"data": body}
+
+
+def _text_body(content):
+    return {"error": {"message": content[:2000].decode(errors="replace"), "type": "upstream_error"}}
+
+
+def _transport_cause(exc):
+    """The innermost transport error in ``exc``'s chain. The SDK wraps aiohttp's
+    errors in its own (and reports a refused connection as a connect timeout), so
+    the root cause is what both clients agree on."""
+    cause, seen, visited = exc, exc, set()
+    while seen is not None and id(seen) not in visited:
+        visited.add(id(seen))
+        if isinstance(seen, (TimeoutError, aiohttp.ClientError, OSError)):
+            cause = seen
+        seen = seen.__cause__ or seen.__context__
+    return cause
+
+
+def _should_retry(status_code, headers):
+    """The upstream's ``x-should-retry`` hint when it gives one (OpenAI's SDK obeys it
+    too: a 429 for an exhausted quota says false), else the status decides."""
+    hint = headers.get("x-should-retry", "").lower()
+    if hint in ("true", "false"):
+        return hint == "true"
+    return status_code in TRANSIENT_STATUSES
 
 
 def redact(payload, secret):
@@ -231,26 +252,39 @@ async def send(client, endpoint: str, body: dict) -> Outcome:
     """One upstream call, classified. Never raises for upstream trouble."""
     try:
         status_code, headers, content = await client.post(endpoint_path(endpoint), body)
-    except TimeoutError:  # aiohttp's total and socket timeouts both derive from it
-        return Outcome("retry", error={"code": "upstream_timeout", "message": "The upstream request timed out."}, connection_error=True)
-    except (aiohttp.ClientError, OSError) as exc:
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:  # aiohttp's timeouts derive from TimeoutError
+        cause = _transport_cause(exc)
+        if isinstance(cause, TimeoutError):
+            return Outcome("retry", error={"code": "upstream_timeout", "message": "The upstream request timed out."}, connection_error=True)
         return Outcome(
             "retry",
-            error={"code": "upstream_unreachable", "message": f"Could not reach the upstream: {type(exc).__name__}."},
+            error={"code": "upstream_unreachable", "message": f"No answer from the upstream: {type(cause).__name__}."},
             connection_error=True,
         )
     payload = _json_body(content)
+    is_json = payload is not None
+    if not is_json:
+        payload = _text_body(content)
     if len(client.api_key) >= 8 and client.api_key.encode() in content:
         payload = redact(payload, client.api_key)
     request_id = headers.get("x-request-id", "")
     if 200 <= status_code < 300:
-        return Outcome("succeeded", status_code=status_code, body=payload, request_id=request_id)
-    kind = "retry" if status_code in TRANSIENT_STATUSES else "failed"
+        if is_json:
+            return Outcome("succeeded", status_code=status_code, body=payload, request_id=request_id)
+        # A 2xx that is not JSON (a proxy's page, a cut-off answer) is no result.
+        error = {"code": "invalid_upstream_response", "message": f"The upstream answered HTTP {status_code} with a body that is not JSON."}
+        return Outcome("failed", status_code=status_code, body=payload, request_id=request_id, error=error)
+    kind = "retry" if _should_retry(status_code, headers) else "failed"
+    if 300 <= status_code < 400:  # neither client follows: a redirected POST would arrive as a GET
+        location = headers.get("location", "")
+        error = {"code": "upstream_redirect", "message": f"The upstream redirected to {location!r}: set the base URL to where it points."}
+    else:
+        error = error_from_body(status_code, payload)
     return Outcome(
         kind,
         status_code=status_code,
         body=payload,
         request_id=request_id,
-        error=error_from_body(status_code, payload),
+        error=error,
         retry_after=parse_retry_after(headers) if kind == "retry" else None,
     )

@@ -20,9 +20,9 @@ DEFAULTS = {
     "UPSTREAM_API_KEY": "",
     # Seconds one upstream request may take before it counts as a (retryable) timeout.
     "UPSTREAM_TIMEOUT": 600.0,
-    # Dotted path of the class that sends inference calls: the OpenAI SDK's AsyncOpenAI
-    # (default), or "batches.upstream.AiohttpClient", plain aiohttp at a quarter of the CPU.
-    "UPSTREAM_CLIENT_CLASS": "batches.upstream.OpenAIClient",
+    # Dotted path of the class that sends inference calls: plain aiohttp (default), or
+    # "batches.upstream.OpenAIClient", the SDK's AsyncOpenAI at four times the CPU per call.
+    "UPSTREAM_CLIENT_CLASS": "batches.upstream.AiohttpClient",
     # Optional allow-list / routing table: {"model-id": {"base_url": ..., "api_key": ...}}
     # or a list of model ids. When None, the upstream's /v1/models decides.
     "MODELS": None,

@@ -155,6 +155,18 @@ def test_sync_mode_is_not_checked(configured):
 # --- the upstream --------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("path", ["batches.upstream.NoSuchClient", "no_such_module.Client", "batches.upstream.Route"])
+def test_an_upstream_client_class_that_is_not_a_client_is_an_error(configured, path):
+    configured.OPENAI_BATCHES = {**configured.OPENAI_BATCHES, "UPSTREAM_CLIENT_CLASS": path}
+    assert all_ids() == ["openai_batches.E030"]
+
+
+@pytest.mark.parametrize("path", ["batches.upstream.AiohttpClient", "batches.upstream.OpenAIClient"])
+def test_both_upstream_clients_pass(configured, path):
+    configured.OPENAI_BATCHES = {**configured.OPENAI_BATCHES, "UPSTREAM_CLIENT_CLASS": path}
+    assert all_ids() == []
+
+
 def test_no_upstream_is_a_warning(configured):
     configured.OPENAI_BATCHES = {}
     assert ids(check_queue_settings(None)) == ["openai_batches.W001"]
