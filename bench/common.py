@@ -90,6 +90,14 @@ class UpstreamProcess:
     def stats(self):
         return self._control("/_control/stats?content=0")
 
+    def configure(self, **config):
+        """Change the fake upstream's configuration (e.g. ``max_concurrency``) while it runs."""
+        return self._control("/_control/config", config)
+
+    def timeline(self):
+        """In-flight and answers per slice of time (see tests/fake_upstream.py)."""
+        return self._control("/_control/timeline")
+
     def reset(self):
         self._control("/_control/reset")
 
