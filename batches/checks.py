@@ -9,6 +9,7 @@ from django.utils.module_loading import import_string
 
 from files_app.conf import SETTING_NAME, app_settings
 
+from .validation import PASS_THROUGH_ENDPOINTS
 from .windows import parse_window
 
 # django-q2 brokers that re-deliver a task `retry` seconds after it was pulled
@@ -24,6 +25,7 @@ def check_queue_settings(app_configs, **kwargs):
     messages = check_q_cluster(getattr(settings, "Q_CLUSTER", None) or {})
     messages.extend(check_completion_windows(app_settings.COMPLETION_WINDOWS, app_settings.COMPLETION_WINDOW_SECONDS))
     messages.extend(check_client_class(app_settings.UPSTREAM_CLIENT_CLASS))
+    messages.extend(check_extra_endpoints())
     if not upstream_configured():
         messages.append(
             Warning(
@@ -74,6 +76,19 @@ def check_client_class(path):
             f"{SETTING_NAME}['UPSTREAM_CLIENT_CLASS'] {path!r} {problem}.",
             hint="Use 'batches.upstream.AiohttpClient' (the default) or 'batches.upstream.OpenAIClient'.",
             id="openai_batches.E030",
+        )
+    ]
+
+
+def check_extra_endpoints():
+    extra = app_settings.EXTRA_ENDPOINTS
+    if isinstance(extra, (list, tuple)) and all(endpoint in PASS_THROUGH_ENDPOINTS for endpoint in extra):
+        return []
+    return [
+        Error(
+            f"{SETTING_NAME}['EXTRA_ENDPOINTS'] must be a list of pass-through batch endpoints, got {extra!r}.",
+            hint=f"Known: {', '.join(PASS_THROUGH_ENDPOINTS)}.",
+            id="openai_batches.E013",
         )
     ]
 

@@ -35,13 +35,9 @@ class InputValidation:
         batch = self.batch
         input_file = File.objects.live().filter(pk=batch.input_file_id, owner_id=batch.owner_id).first()
         if input_file is None:
-            return self._fail(
-                [
-                    LineError(
-                        "invalid_request", f"The input file {batch.input_file_id} does not exist or was deleted.", "input_file_id", None
-                    )
-                ]
-            )
+            # OpenAI's wording; the same whether the file never existed, was deleted or is another owner's.
+            message = f"Cannot find file {batch.input_file_id}, or organization {batch.owner.get_username()} does not have access to it."
+            return self._fail([LineError("invalid_request", message, "input_file_id", None)])
         if input_file.bytes > app_settings.MAX_INPUT_FILE_BYTES:
             limit_mb = app_settings.MAX_INPUT_FILE_BYTES // (1024 * 1024)
             return self._fail([LineError("file_too_large", f"The input file is larger than {limit_mb} MB.", "input_file_id", None)])
@@ -80,7 +76,7 @@ class InputValidation:
         if not self.errors:
             self.errors.extend(quotas.enqueued_problems(batch, requests, self.prompt_tokens))
         if not self.errors and validator.model:
-            self.errors.extend(self._check_model(validator.model))
+            self.errors.extend(self._check_model(validator.model, validator.model_line))
         if self.errors:
             return self._fail(self.errors)
         self._write_rows()
@@ -121,12 +117,13 @@ class InputValidation:
             return False
         return lifecycle.acquire_batch_lease(self.batch.id, self.owner, [BatchStatus.VALIDATING])
 
-    def _check_model(self, model):
+    def _check_model(self, model, line_no):
         served, problem = upstream.served_models([model])
         if problem:
             return [LineError("upstream_unavailable", problem, None, None)]
         if model not in served:
-            return [LineError("model_not_found", f"The model '{model}' does not exist or is not served here.", "body.model", None)]
+            # OpenAI's wording, on the first line that names the model.
+            return [LineError("model_not_found", f"The provided model '{model}' is not supported by the Batch API.", "body.model", line_no)]
         return []
 
     def _fail(self, errors):

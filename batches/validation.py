@@ -36,6 +36,20 @@ SUPPORTED_ENDPOINTS = (
     "/v1/moderations",
 )
 
+# Endpoints OpenAI's batch accepts that a site may enable with EXTRA_ENDPOINTS: only the
+# universal rules are checked (a JSON object body naming the one model of the file), and
+# the body goes to the upstream as it is.
+PASS_THROUGH_ENDPOINTS = (
+    "/v1/images/generations",
+    "/v1/images/edits",
+)
+
+
+def enabled_endpoints():
+    """The batch endpoints this site accepts: the text endpoints, then EXTRA_ENDPOINTS."""
+    return SUPPORTED_ENDPOINTS + tuple(e for e in app_settings.EXTRA_ENDPOINTS if e in PASS_THROUGH_ENDPOINTS)
+
+
 UNSTORABLE_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
 
 MAX_CUSTOM_ID_LENGTH = 512  # BatchRequest.custom_id's column width
@@ -72,14 +86,20 @@ REQUIRED_BODY_FIELDS = {
     "/v1/chat/completions": (RequiredField("model", (str,), "a string"), RequiredField("messages", (list,), "an array of messages")),
     "/v1/completions": (RequiredField("model", (str,), "a string"), RequiredField("prompt", (str, list), TEXT_INPUT_SHAPES)),
     "/v1/embeddings": (RequiredField("model", (str,), "a string"), RequiredField("input", (str, list), TEXT_INPUT_SHAPES)),
-    # ``input`` may be replaced by a stored ``prompt`` template (checked below).
+    # ``input`` may be left out when the context comes from elsewhere (RESPONSES_INPUT_SOURCES).
     "/v1/responses": (
         RequiredField("model", (str,), "a string"),
         RequiredField("input", (str, list), "a string or an array of input items"),
     ),
     # The model is optional: the upstream picks its default moderation model.
     "/v1/moderations": (RequiredField("input", (str, list), "a string, an array of strings or an array of content parts"),),
+    **{endpoint: (RequiredField("model", (str,), "a string"),) for endpoint in PASS_THROUGH_ENDPOINTS},
 }
+
+
+# A /v1/responses body may take its context from a stored response, a conversation or a
+# stored prompt template instead of ``input`` (the SDK makes ``input`` optional).
+RESPONSES_INPUT_SOURCES = ("previous_response_id", "conversation", "prompt")
 
 
 def _error(message, code, param, line_no):
@@ -106,6 +126,7 @@ class LineValidator:
         self.endpoint = endpoint
         self.custom_ids = set()
         self.model = None
+        self.model_line = None  # 1-based line of the first request naming the model
         self.model_seen = False
         self.embedding_inputs = 0
         self.max_embedding_inputs = app_settings.MAX_EMBEDDING_INPUTS_PER_BATCH
@@ -206,9 +227,14 @@ class LineValidator:
             value = body.get(field.name)
             param = f"body.{field.name}"
             if value is None:
-                if self.endpoint == "/v1/responses" and field.name == "input" and body.get("prompt") is not None:
-                    continue  # a stored prompt template supplies the input
-                errors.append(_error(f"Missing required parameter: '{param}'.", "invalid_request", param, line_no))
+                if self.endpoint == "/v1/responses" and field.name == "input":
+                    if any(body.get(source) is not None for source in RESPONSES_INPUT_SOURCES):
+                        continue
+                    alternatives = ", ".join(f"'body.{source}'" for source in RESPONSES_INPUT_SOURCES)
+                    message = f"Missing required parameter: '{param}' (or one of {alternatives})."
+                else:
+                    message = f"Missing required parameter: '{param}'."
+                errors.append(_error(message, "invalid_request", param, line_no))
             elif not isinstance(value, field.types):
                 errors.append(
                     _error(
@@ -243,7 +269,7 @@ class LineValidator:
         if model == "":
             return [_error("Invalid 'body.model': empty string. Expected a model name.", "invalid_request", "body.model", line_no)]
         if not self.model_seen:
-            self.model, self.model_seen = model, True
+            self.model, self.model_line, self.model_seen = model, line_no, True
         elif model != self.model:
             return [
                 _error(
@@ -636,6 +662,7 @@ ENDPOINT_FIELDS = {
         "parallel_tool_calls": boolean,
         "max_tool_calls": integer(1),
         "previous_response_id": string,
+        "conversation": string_or_object,
         "store": boolean,
         "stream": boolean,
         "truncation": one_of("auto", "disabled"),
@@ -650,6 +677,7 @@ ENDPOINT_FIELDS = {
         "model": string,
         "input": moderation_input,
     },
+    **{endpoint: {"model": string} for endpoint in PASS_THROUGH_ENDPOINTS},
 }
 
 

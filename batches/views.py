@@ -13,7 +13,7 @@ from files_app.models import File, FilePurpose
 from . import lifecycle, operations, quotas, windows
 from .models import Batch, BatchStatus, RequestStatus
 from .output import RESULT_FIELDS, result_line
-from .validation import SUPPORTED_ENDPOINTS
+from .validation import enabled_endpoints
 
 logger = logging.getLogger("openai_batches.api")
 
@@ -21,6 +21,7 @@ MAX_METADATA_PAIRS = 16
 MAX_METADATA_KEY = 64
 MAX_METADATA_VALUE = 512
 OUTPUT_EXPIRES_AFTER_RANGE = (3600, 2592000)
+MAX_FILE_ID_LENGTH = File._meta.get_field("id").max_length
 # GET /v1/batches/{id}/results?status=...: which finished rows each value selects.
 RESULT_STATUSES = {
     "completed": (RequestStatus.SUCCEEDED,),
@@ -44,9 +45,10 @@ def check_metadata(metadata):
     for key, value in metadata.items():
         if len(key) > MAX_METADATA_KEY:
             raise OpenAIError(
-                f"Invalid 'metadata': key '{key[:80]}' is longer than {MAX_METADATA_KEY} characters.",
+                f"Invalid 'metadata': key '{key[:80]}' is too long. Expected a key with maximum length {MAX_METADATA_KEY}, "
+                f"but got a key with length {len(key)} instead.",
                 param=f"metadata.{key[:80]}",
-                code="invalid_type",
+                code="string_above_max_length",
             )
         if not isinstance(value, str):
             raise OpenAIError(
@@ -59,7 +61,7 @@ def check_metadata(metadata):
                 f"Invalid 'metadata.{key}': string too long. Expected a string with maximum length "
                 f"{MAX_METADATA_VALUE}, but got a string with length {len(value)} instead.",
                 param=f"metadata.{key}",
-                code="invalid_type",
+                code="string_above_max_length",
             )
     return metadata
 
@@ -116,9 +118,10 @@ class BatchViewSet(OpenAIViewSet):
             if not isinstance(data[field], str):
                 raise OpenAIError(f"Invalid type for '{field}': expected a string.", param=field, code="invalid_type")
         endpoint = data["endpoint"]
-        if endpoint not in SUPPORTED_ENDPOINTS:
+        endpoints = enabled_endpoints()
+        if endpoint not in endpoints:
             raise OpenAIError(
-                f"Invalid value: '{endpoint}'. Supported values are: {', '.join(repr(e) for e in SUPPORTED_ENDPOINTS)}.",
+                f"Invalid value: '{endpoint}'. Supported values are: {', '.join(repr(e) for e in endpoints)}.",
                 param="endpoint",
                 code="invalid_value",
             )
@@ -137,10 +140,19 @@ class BatchViewSet(OpenAIViewSet):
                 "Invalid 'idempotency_key': expected a string of 1 to 255 characters.", param="idempotency_key", code="invalid_value"
             )
 
-        input_file = File.objects.owned_by(request.user).live().filter(pk=data["input_file_id"]).first()
-        if input_file is None:
-            raise OpenAIError(f"No such File object: {data['input_file_id']}", status_code=404, param="input_file_id")
-        if input_file.purpose != FilePurpose.BATCH:
+        input_file_id = data["input_file_id"]
+        if len(input_file_id) > MAX_FILE_ID_LENGTH:
+            raise OpenAIError(
+                f"Invalid 'input_file_id': string too long. Expected a string with maximum length {MAX_FILE_ID_LENGTH}, "
+                f"but got a string with length {len(input_file_id)} instead.",
+                param="input_file_id",
+                code="string_above_max_length",
+            )
+        # A file this owner cannot see (missing, deleted, expired, someone else's) is not a
+        # create error, as at OpenAI: the batch is created and fails validation with one
+        # message for every case, so nothing tells one owner about another's files.
+        input_file = File.objects.owned_by(request.user).live().filter(pk=input_file_id).first()
+        if input_file is not None and input_file.purpose != FilePurpose.BATCH:
             raise OpenAIError(
                 f"The input file {input_file.id} has purpose '{input_file.purpose}'; batch input files must have purpose 'batch'.",
                 param="input_file_id",
@@ -148,7 +160,7 @@ class BatchViewSet(OpenAIViewSet):
             )
 
         fields = {
-            "input_file_id": input_file.id,
+            "input_file_id": input_file_id,
             "endpoint": endpoint,
             "completion_window": data["completion_window"],
             "metadata": metadata,

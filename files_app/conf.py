@@ -65,6 +65,9 @@ DEFAULTS = {
     # Inputs (strings or token arrays) across all requests of one /v1/embeddings batch.
     "MAX_EMBEDDING_INPUTS_PER_BATCH": 50_000,
     "MAX_VALIDATION_ERRORS": 100,
+    # Batch endpoints beyond the five text ones, passed through to the upstream with only
+    # the universal checks: any of "/v1/images/generations", "/v1/images/edits".
+    "EXTRA_ENDPOINTS": (),
     # --- Files ---
     # Largest file: one POST /v1/files, or the parts of one /v1/uploads Upload together.
     "MAX_UPLOAD_BYTES": 512 * 1024 * 1024,

@@ -151,6 +151,7 @@ OPENAI_BATCHES = {
     "COMPLETION_WINDOWS": [w.strip() for w in os.environ.get("BATCHES_COMPLETION_WINDOWS", "24h").split(",") if w.strip()],
     "COMPLETION_WINDOW_SECONDS": env_int("BATCHES_COMPLETION_WINDOW_SECONDS", None),
     "UPSTREAM_TIMEOUT": env_float("BATCHES_UPSTREAM_TIMEOUT", 600),
+    "EXTRA_ENDPOINTS": [e.strip() for e in os.environ.get("BATCHES_EXTRA_ENDPOINTS", "").split(",") if e.strip()],
     "THROTTLE_RATE": os.environ.get("BATCHES_THROTTLE_RATE") or None,
     "WEBHOOKS_ALLOW_PRIVATE": env_bool("BATCHES_WEBHOOKS_ALLOW_PRIVATE"),
 }

@@ -127,7 +127,8 @@ def media_root(tmp_path, settings):
 @pytest.fixture(scope="session")
 def live_stack(fake_upstream):
     """gunicorn + qcluster processes on their own database, in front of the fake upstream."""
-    stack = LiveStack(fake_upstream.base_url, env={"BATCHES_LEASE_SECONDS": "10"}).start()
+    env = {"BATCHES_LEASE_SECONDS": "10", "BATCHES_EXTRA_ENDPOINTS": "/v1/images/generations,/v1/images/edits"}
+    stack = LiveStack(fake_upstream.base_url, env=env).start()
     yield stack
     stack.stop()
 

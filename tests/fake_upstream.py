@@ -275,6 +275,9 @@ def content_key(path: str, body: dict) -> str | None:
         if isinstance(value, list) and any(isinstance(v, dict) for v in value):
             return _messages_text(value)[1]
         return value if isinstance(value, str) else _item_text(value)
+    if path in ("/v1/images/generations", "/v1/images/edits"):
+        prompt = body.get("prompt")
+        return prompt if isinstance(prompt, str) else None
     if path in ("/v1/embeddings", "/v1/moderations"):
         value = body.get("input")
         return value if isinstance(value, str) else _item_text(value)
@@ -957,12 +960,33 @@ class FakeUpstream:
         }
         return {"id": self._id("modr-"), "model": model, "results": [result] * count}
 
+    def _images(self, model: str, body: dict) -> dict:
+        """gpt-image-1's answer shape: base64 images and token usage."""
+        prompt = body.get("prompt")
+        if not isinstance(prompt, str) or not prompt:
+            raise HTTPError(400, "'prompt' is required", param="prompt")
+        count = body.get("n", 1) if isinstance(body.get("n"), int) else 1
+        image = base64.b64encode(hashlib.blake2b(prompt.encode(), digest_size=16).digest()).decode()
+        tokens = _tokens(prompt)
+        return {
+            "created": int(time.time()),
+            "data": [{"b64_json": image, "revised_prompt": prompt}] * count,
+            "usage": {
+                "input_tokens": tokens,
+                "input_tokens_details": {"text_tokens": tokens, "image_tokens": 0},
+                "output_tokens": 272 * count,
+                "total_tokens": tokens + 272 * count,
+            },
+        }
+
     _HANDLERS = {
         "/v1/chat/completions": _chat,
         "/v1/completions": _completion,
         "/v1/embeddings": _embeddings,
         "/v1/responses": _responses,
         "/v1/moderations": _moderations,
+        "/v1/images/generations": _images,
+        "/v1/images/edits": _images,
     }
 
 

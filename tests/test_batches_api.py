@@ -79,10 +79,10 @@ def test_create_returns_a_validating_batch(create, input_file, api):
         ({"completion_window": "48h"}, "completion_window", "invalid_value"),
         ({"metadata": ["a"]}, "metadata", "invalid_type"),
         ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata", "object_above_max_properties"),
-        ({"metadata": {"k" * 65: "v"}}, "metadata." + "k" * 65, "invalid_type"),
+        ({"metadata": {"k" * 65: "v"}}, "metadata." + "k" * 65, "string_above_max_length"),
         ({"metadata": {"count": 3}}, "metadata.count", "invalid_type"),
         ({"metadata": {"flag": None}}, "metadata.flag", "invalid_type"),
-        ({"metadata": {"note": "x" * 513}}, "metadata.note", "invalid_type"),
+        ({"metadata": {"note": "x" * 513}}, "metadata.note", "string_above_max_length"),
         ({"output_expires_after": {"anchor": "created_at", "seconds": 3599}}, "output_expires_after.seconds", "integer_out_of_range"),
         ({"output_expires_after": {"anchor": "created_at", "seconds": 2592001}}, "output_expires_after.seconds", "integer_out_of_range"),
         ({"output_expires_after": {"anchor": "created_at", "seconds": "3600"}}, "output_expires_after.seconds", "invalid_type"),
@@ -109,14 +109,49 @@ def test_create_accepts_output_expires_after_in_range(create, seconds):
     assert Batch.objects.get(pk=response.json()["id"]).output_expires_after == seconds
 
 
-def test_create_with_unknown_input_file_is_404(create):
-    error = assert_error(create(input_file_id="file-nope"), 404, param="input_file_id", code=None)
-    assert error["message"] == "No such File object: file-nope"
+def created_then_failed(response):
+    """A batch whose input file the caller cannot see: created, then failed at validation."""
+    from batches import tasks
+
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert body["status"] == "validating"
+    assert tasks.validate_batch(body["id"]) == "failed"
+    return Batch.objects.get(pk=body["id"])
 
 
-def test_create_with_another_users_file_is_404(create, make_file, make_user):
-    theirs = make_file([chat_line("a")], owner=make_user())
-    assert_error(create(input_file_id=theirs.id), 404, param="input_file_id", code=None)
+def test_create_with_unknown_input_file_creates_a_batch_that_fails(create, api):
+    batch = created_then_failed(create(input_file_id="file-nope"))
+    assert batch.status == BatchStatus.FAILED and batch.input_file_id == "file-nope"
+    assert batch.errors == [
+        {
+            "code": "invalid_request",
+            "message": f"Cannot find file file-nope, or organization {api.user.get_username()} does not have access to it.",
+            "param": "input_file_id",
+            "line": None,
+        }
+    ]
+
+
+def test_another_users_file_fails_with_the_same_message_and_stays_theirs(create, api, make_file, make_user):
+    owner = make_user()
+    theirs = make_file([chat_line("a")], owner=owner)
+    batch = created_then_failed(create(input_file_id=theirs.id))
+    missing = created_then_failed(create(input_file_id="file-nope"))
+    assert batch.errors[0]["message"] == missing.errors[0]["message"].replace("file-nope", theirs.id)
+    assert owner.get_username() not in batch.errors[0]["message"]
+    assert not batch.requests.exists()
+    theirs.refresh_from_db()  # untouched, still theirs
+    assert theirs.owner == owner
+
+
+def test_idempotent_create_with_an_invisible_file_replays_the_failed_batch(create, api, make_file):
+    first = created_then_failed(create(input_file_id="file-later", idempotency_key="k1"))
+    replay = create(input_file_id="file-later", idempotency_key="k1")
+    assert replay.status_code == 200 and replay.json()["id"] == first.id and replay.json()["status"] == "failed"
+    visible = make_file([chat_line("a")], owner=api.user)
+    assert_error(create(input_file_id=visible.id, idempotency_key="k1"), 409, param="idempotency_key", code="idempotency_key_reused")
+    assert create(input_file_id=visible.id, idempotency_key="k2").json()["status"] == "validating"
 
 
 def test_create_with_a_non_batch_file_is_400(create, make_file, api):

@@ -37,9 +37,9 @@ def test_unknown_model_fails_validation_with_model_not_found(upstream, make_batc
     assert batch.errors == [
         {
             "code": "model_not_found",
-            "message": "The model 'no-such-model' does not exist or is not served here.",
+            "message": "The provided model 'no-such-model' is not supported by the Batch API.",
             "param": "body.model",
-            "line": None,
+            "line": 1,
         }
     ]
     assert batch.requests.count() == 0

@@ -119,6 +119,46 @@ def test_deleting_the_input_file_right_after_create_never_hangs(live_client):
         assert batch.errors.data[0].param == "input_file_id"
 
 
+def test_missing_or_foreign_input_file_is_created_then_failed(live_stack, live_client):
+    for input_file_id in ("file-nonexistent-xyz", upload(live_client, [chat_line("a")], filename="mine.jsonl").id):
+        client = live_client if input_file_id.startswith("file-nonexistent") else other_owner_client(live_stack)
+        batch = create_batch(client, input_file_id)
+        assert batch.status == "validating" and batch.input_file_id == input_file_id
+        batch = wait_for_batch(client, batch.id, timeout=60)
+        assert batch.status == "failed" and batch.failed_at
+        (error,) = batch.errors.data
+        assert (error.code, error.param, error.line) == ("invalid_request", "input_file_id", None)
+        assert error.message.startswith(f"Cannot find file {input_file_id}, or organization ")
+        assert error.message.endswith(" does not have access to it.")
+        assert "live-user" not in error.message or client is live_client  # the file's owner is never named
+
+
+def other_owner_client(live_stack):
+    key = live_stack.manage("create_api_key", "other-owner").strip().splitlines()[-1]
+    return openai.OpenAI(base_url=live_stack.base_url, api_key=key, max_retries=2)
+
+
+def test_unknown_model_names_its_first_line(live_client):
+    lines = [chat_line("a", model="no-such-model"), chat_line("b", model="no-such-model")]
+    batch = wait_for_batch(live_client, create_batch(live_client, upload(live_client, lines, filename="model.jsonl").id).id, timeout=60)
+    assert batch.status == "failed"
+    (error,) = batch.errors.data
+    assert (error.code, error.param, error.line) == ("model_not_found", "body.model", 1)
+    assert error.message == "The provided model 'no-such-model' is not supported by the Batch API."
+
+
+def test_responses_lines_without_input(live_client):
+    lines = [
+        {"custom_id": f"r-{source}", "method": "POST", "url": "/v1/responses", "body": {"model": "fake-model", source: value}}
+        for source, value in (("previous_response_id", "resp_1"), ("conversation", "conv_1"), ("prompt", {"id": "pmpt_1"}))
+    ]
+    uploaded = upload(live_client, lines, filename="responses.jsonl")
+    batch = live_client.batches.create(input_file_id=uploaded.id, endpoint="/v1/responses", completion_window="24h")
+    batch = wait_for_batch(live_client, batch.id, timeout=60)
+    assert batch.status == "completed", batch.errors
+    assert batch.request_counts.completed == 3
+
+
 def test_delete_file(live_client):
     uploaded = upload(live_client, [chat_line("a")], filename="delete-me.jsonl")
     deleted = live_client.files.delete(uploaded.id)
@@ -142,13 +182,20 @@ def error_of(exc_info):
 def test_bad_request_errors(live_client):
     uploaded = upload(live_client, [chat_line("a")], filename="ok.jsonl")
     with pytest.raises(openai.BadRequestError) as exc_info:
-        live_client.batches.create(input_file_id=uploaded.id, endpoint="/v1/images/generations", completion_window="24h")
+        live_client.batches.create(input_file_id=uploaded.id, endpoint="/v1/videos", completion_window="24h")
     assert exc_info.value.status_code == 400
     assert (error_of(exc_info)["code"], error_of(exc_info)["param"]) == ("invalid_value", "endpoint")
 
     with pytest.raises(openai.BadRequestError) as exc_info:
         create_batch(live_client, uploaded.id, metadata={"n": 1})
     assert (error_of(exc_info)["code"], error_of(exc_info)["param"]) == ("invalid_type", "metadata.n")
+
+    with pytest.raises(openai.BadRequestError) as exc_info:
+        create_batch(live_client, uploaded.id, metadata={"note": "x" * 513})
+    assert (error_of(exc_info)["code"], error_of(exc_info)["param"]) == ("string_above_max_length", "metadata.note")
+    with pytest.raises(openai.BadRequestError) as exc_info:
+        create_batch(live_client, uploaded.id, metadata={"k" * 65: "v"})
+    assert (error_of(exc_info)["code"], error_of(exc_info)["param"]) == ("string_above_max_length", "metadata." + "k" * 65)
 
     with pytest.raises(openai.BadRequestError) as exc_info:
         live_client.files.create(file=("input.txt", io.BytesIO(b"{}\n")), purpose="batch")

@@ -260,14 +260,15 @@ def test_input_file_content_gone_from_storage_fails_the_batch(make_batch, upstre
     assert errors_of(batch) == [("invalid_request", "input_file_id", None)]
 
 
-def test_unknown_model_is_model_not_found(validate):
-    batch = validate([chat_line("a", model="no-such-model"), chat_line("b", model="no-such-model")])
-    assert errors_of(batch) == [("model_not_found", "body.model", None)]
+def test_unknown_model_is_model_not_found_on_the_first_line_naming_it(validate):
+    batch = validate(["", chat_line("a", model="no-such-model"), chat_line("b", model="no-such-model")])
+    assert errors_of(batch) == [("model_not_found", "body.model", 2)]
+    assert batch.errors[0]["message"] == "The provided model 'no-such-model' is not supported by the Batch API."
 
 
 def test_models_allow_list_decides_without_asking_the_upstream(validate, settings, upstream):
     settings.OPENAI_BATCHES = {**settings.OPENAI_BATCHES, "MODELS": ["fake-model"]}
-    assert errors_of(validate([chat_line("a", model="other-model")])) == [("model_not_found", "body.model", None)]
+    assert errors_of(validate([chat_line("a", model="other-model")])) == [("model_not_found", "body.model", 1)]
     assert validate([chat_line("a", model="fake-model")]).status == BatchStatus.IN_PROGRESS
     assert upstream.stats()["by_path"].get("/v1/models", 0) == 0
 

@@ -143,7 +143,7 @@ RULES = {
     "moderations: a model on some lines only": FailsBatch(
         [line("a", MODERATIONS, model=None), line("b", MODERATIONS)], [("mismatched_model", "body.model", 2)], endpoint=MODERATIONS
     ),
-    "model not served by the upstream": FailsBatch([chat_line("a", model="no-such-model")], [("model_not_found", "body.model", None)]),
+    "model not served by the upstream": FailsBatch([chat_line("a", model="no-such-model")], [("model_not_found", "body.model", 1)]),
     "embeddings: more than MAX_EMBEDDING_INPUTS_PER_BATCH inputs": FailsBatch(
         [line("a", EMBEDDINGS, input=TWO_INPUTS), line("b", EMBEDDINGS, input=TWO_INPUTS), line("c", EMBEDDINGS, input=TWO_INPUTS)],
         [("too_many_embedding_inputs", "body.input", 2)],
@@ -197,6 +197,23 @@ RULES = {
     ),
     "responses: body.input missing": FailsBatch(
         [line("a", RESPONSES, input=None)], [("invalid_request", "body.input", 1)], endpoint=RESPONSES
+    ),
+    "responses: previous_response_id, conversation or prompt instead of input": FailsRequest(
+        [
+            line("from-previous", RESPONSES, input=None, previous_response_id="resp_1"),
+            line("from-conversation", RESPONSES, input=None, conversation="conv_1"),
+            line("from-conversation-object", RESPONSES, input=None, conversation={"id": "conv_1"}),
+            line("from-prompt", RESPONSES, input=None, prompt={"id": "pmpt_1"}),
+            line("bad-conversation", RESPONSES, input=None, conversation=5),
+        ],
+        [(5, "invalid_type", "conversation")],
+        RESPONSES,
+        pending=(1, 2, 3, 4),
+    ),
+    "responses: none of input, previous_response_id, conversation, prompt": FailsBatch(
+        [line("ok", RESPONSES, input=None, prompt={"id": "pmpt_1"}), line("a", RESPONSES, input=None, previous_response_id=None)],
+        [("invalid_request", "body.input", 2)],
+        endpoint=RESPONSES,
     ),
     "moderations: body.input missing": FailsBatch(
         [line("a", MODERATIONS, input=None)], [("invalid_request", "body.input", 1)], endpoint=MODERATIONS
@@ -353,12 +370,16 @@ RULES = {
     ),
     "create: completion_window not 24h": ApiError(create_batch(completion_window="48h"), 400, "invalid_value", "completion_window"),
     "create: metadata over 16 pairs": ApiError(create_batch(metadata=SEVENTEEN_PAIRS), 400, "object_above_max_properties", "metadata"),
-    "create: metadata key over 64 chars": ApiError(create_batch(metadata={"k" * 65: "v"}), 400, "invalid_type", "metadata." + "k" * 65),
-    "create: metadata value over 512 chars": ApiError(create_batch(metadata={"note": "x" * 513}), 400, "invalid_type", "metadata.note"),
+    "create: metadata key over 64 chars": ApiError(
+        create_batch(metadata={"k" * 65: "v"}), 400, "string_above_max_length", "metadata." + "k" * 65
+    ),
+    "create: metadata value over 512 chars": ApiError(
+        create_batch(metadata={"note": "x" * 513}), 400, "string_above_max_length", "metadata.note"
+    ),
     "create: metadata value not a string": ApiError(create_batch(metadata={"count": 3}), 400, "invalid_type", "metadata.count"),
     "create: input file of the wrong purpose": ApiError(create_with_file(purpose="fine-tune"), 400, "invalid_value", "input_file_id"),
-    "create: input file missing": ApiError(
-        create_batch(input_file_id="file-nope"), 404, None, "input_file_id", "No such File object: file-nope"
+    "create: input file id longer than any id": ApiError(
+        create_batch(input_file_id="file-" + "x" * 64), 400, "string_above_max_length", "input_file_id"
     ),
     "create: output_expires_after below 3600 s": ApiError(
         create_batch(output_expires_after={"anchor": "created_at", "seconds": 3599}),
