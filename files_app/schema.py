@@ -230,7 +230,7 @@ documented_upload_views = extend_schema_view(
         operation_id="createUpload",
         summary="Start an upload in parts",
         request=CREATE_UPLOAD_REQUEST,
-        responses={200: OpenAIUploadSerializer, **errors(400)},
+        responses={200: OpenAIUploadSerializer, **errors(400, 413, 415)},
     ),
     parts=extend_schema(
         operation_id="addUploadPart",
@@ -244,7 +244,7 @@ documented_upload_views = extend_schema_view(
         summary="Complete an upload: its parts become a file",
         parameters=[UPLOAD_ID],
         request=COMPLETE_UPLOAD_REQUEST,
-        responses={200: OpenAIUploadSerializer, **errors(400, 404, 409)},
+        responses={200: OpenAIUploadSerializer, **errors(400, 404, 409, 413, 415)},
     ),
     cancel=extend_schema(
         operation_id="cancelUpload",
