@@ -210,6 +210,10 @@ class UploadQuerySet(models.QuerySet):
                 upload.discard_parts()
                 logger.info("upload.expired upload_id=%s", upload.id)
                 expired += 1
+        # A part stored while its upload was being completed or cancelled (a race the
+        # views cannot close without a long lock) would otherwise stay forever.
+        for part in UploadPart.objects.exclude(upload__status=UploadStatus.PENDING):
+            part.delete()
         return expired
 
 

@@ -256,3 +256,15 @@ def test_admin_shows_uploads_read_only(admin_client, api, create, settings):
     assert part_id in html and 'name="_save"' not in html
     assert admin_client.get(reverse("admin:files_app_upload_add")).status_code == 403
     assert admin_client.post(reverse("admin:files_app_upload_delete", args=[quote(pending)]), {"post": "yes"}).status_code == 403
+
+
+def test_the_sweeper_deletes_parts_left_on_a_finished_upload(api, create):
+    """A part that raced a cancel (stored after the cancel discarded the parts)."""
+    upload_id = create().json()["id"]
+    api.post(f"/v1/uploads/{upload_id}/cancel")
+    straggler = UploadPart(upload_id=upload_id, bytes=4)
+    straggler.content.save(straggler.id, io.BytesIO(b"late"), save=True)
+    assert default_storage.exists(straggler.content.name)
+    sweep()
+    assert not UploadPart.objects.filter(pk=straggler.pk).exists()
+    assert not default_storage.exists(straggler.content.name)
