@@ -268,3 +268,24 @@ def test_the_sweeper_deletes_parts_left_on_a_finished_upload(api, create):
     sweep()
     assert not UploadPart.objects.filter(pk=straggler.pk).exists()
     assert not default_storage.exists(straggler.content.name)
+
+
+def test_complete_streams_the_parts_without_holding_the_file_in_memory(api, create):
+    import tracemalloc
+
+    part_size = 2 * 1024 * 1024
+    parts = [bytes([65 + i]) * part_size for i in range(4)]  # an 8 MB file
+    upload_id = create(bytes=part_size * len(parts)).json()["id"]
+    part_ids = [add_part(api, upload_id, data).json()["id"] for data in parts]
+    md5 = hashlib.md5(b"".join(parts)).hexdigest()
+
+    tracemalloc.start()
+    try:
+        response = api.post(f"/v1/uploads/{upload_id}/complete", {"part_ids": part_ids, "md5": md5}, format="json")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert response.status_code == 200, response.content
+    assert peak < part_size, f"peak {peak} bytes while joining {part_size * len(parts)} bytes"
+    with File.objects.get(pk=response.json()["file"]["id"]).content.open("rb") as handle:
+        assert hashlib.md5(handle.read()).hexdigest() == md5
