@@ -8,6 +8,8 @@ import httpx2
 import openai
 import pytest
 from django.core.handlers.wsgi import WSGIHandler
+from django.core.signals import request_finished, request_started
+from django.db import close_old_connections
 from django.utils import timezone
 
 from batches import tasks
@@ -29,7 +31,13 @@ def sdk(make_api_key):
         client = openai.OpenAI(base_url="http://testserver/v1", api_key=raw, max_retries=0, http_client=httpx2.Client(transport=transport))
         return client, api_key
 
-    return make
+    # As Django's test client does: the request cycle must not close the test's
+    # connection (on PostgreSQL that would end the test's transaction).
+    request_started.disconnect(close_old_connections)
+    request_finished.disconnect(close_old_connections)
+    yield make
+    request_started.connect(close_old_connections)
+    request_finished.connect(close_old_connections)
 
 
 def create(client, lines=None):
