@@ -24,10 +24,10 @@ from django.utils.timesince import timesince
 from django_q.models import Task
 
 from files_app.admin import admin_change_link, confirmation_page, file_download_url, report_refused
-from files_app.conf import app_settings
 from files_app.models import File
 
 from . import operations
+from .conf import app_settings
 from .models import Batch, BatchRequest, BatchStatus
 
 ENDED_AT_FIELDS = ("completed_at", "failed_at", "expired_at", "cancelled_at")

@@ -1,4 +1,4 @@
-"""System checks for the task queue and the upstream (``manage.py check``)."""
+"""System checks of the batches app's settings, the task queue and the upstream (``manage.py check``)."""
 
 import math
 import os
@@ -7,8 +7,11 @@ from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
 from django.utils.module_loading import import_string
 
-from files_app.conf import SETTING_NAME, app_settings
+from files_app.checks import check_ttl
+from files_app.conf import SETTING_NAME
 
+from .conf import app_settings
+from .quotas import QUOTA_FIELDS
 from .validation import PASS_THROUGH_ENDPOINTS
 from .windows import parse_window
 
@@ -18,11 +21,21 @@ REDELIVERING_BROKERS = ("orm", "sqs", "mongo", "ironmq", "disque_nodes")
 
 
 @register(Tags.compatibility)
-def check_queue_settings(app_configs, **kwargs):
+def check_settings(app_configs, **kwargs):
+    """The batches app's keys of ``OPENAI_BATCHES``."""
     # (Without files_app in INSTALLED_APPS, Django fails before checks run: batches' models need its File.)
-    if not isinstance(getattr(settings, SETTING_NAME, None) or {}, dict):
+    user = getattr(settings, SETTING_NAME, None) or {}
+    if not isinstance(user, dict):
         return []  # files_app's check reports openai_batches.E001
-    messages = check_q_cluster(getattr(settings, "Q_CLUSTER", None) or {})
+    messages = []
+    if "django_q" not in settings.INSTALLED_APPS:
+        messages.append(Error("'django_q' must be in INSTALLED_APPS.", id="openai_batches.E003"))
+    for key in ("MAX_CONCURRENT_BATCHES", "MAX_CONCURRENT_REQUESTS_PER_BATCH", "MAX_ATTEMPTS", "RUN_TASKS_PER_BATCH"):
+        value = getattr(app_settings, key)
+        if not isinstance(value, int) or value < 1:
+            messages.append(Error(f"{SETTING_NAME}[{key!r}] must be a positive integer, got {value!r}.", id="openai_batches.E004"))
+    messages.extend(check_ttl("DEFAULT_OUTPUT_FILE_TTL", app_settings.DEFAULT_OUTPUT_FILE_TTL))
+    messages.extend(check_default_quotas(app_settings.DEFAULT_QUOTAS))
     messages.extend(check_completion_windows(app_settings.COMPLETION_WINDOWS, app_settings.COMPLETION_WINDOW_SECONDS))
     messages.extend(check_client_class(app_settings.UPSTREAM_CLIENT_CLASS))
     messages.extend(check_extra_endpoints())
@@ -35,6 +48,30 @@ def check_queue_settings(app_configs, **kwargs):
             )
         )
     return messages
+
+
+@register(Tags.compatibility)
+def check_queue_settings(app_configs, **kwargs):
+    """django-q2's Q_CLUSTER against what the batch tasks need."""
+    if not isinstance(getattr(settings, SETTING_NAME, None) or {}, dict):
+        return []  # files_app's check reports openai_batches.E001
+    return check_q_cluster(getattr(settings, "Q_CLUSTER", None) or {})
+
+
+QUOTA_KEYS = tuple(field.upper() for field in QUOTA_FIELDS)
+
+
+def check_default_quotas(quotas):
+    name = f"{SETTING_NAME}['DEFAULT_QUOTAS']"
+    if not isinstance(quotas, dict):
+        return [Error(f"{name} must be a dict, got {quotas!r}.", id="openai_batches.E006")]
+    errors = []
+    for key, value in quotas.items():
+        if key not in QUOTA_KEYS:
+            errors.append(Error(f"Unknown key {key!r} in {name}.", hint=f"Known keys: {', '.join(QUOTA_KEYS)}.", id="openai_batches.E006"))
+        elif value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            errors.append(Error(f"{name}[{key!r}] must be None (unlimited) or an integer >= 0, got {value!r}.", id="openai_batches.E006"))
+    return errors
 
 
 def check_completion_windows(windows, override_seconds):

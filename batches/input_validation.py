@@ -7,10 +7,10 @@ import secrets
 
 from django.utils import timezone
 
-from files_app.conf import app_settings
 from files_app.models import File
 
 from . import bulk, lifecycle, quotas, ratelimit, upstream
+from .conf import app_settings
 from .models import Batch, BatchRequest, BatchStatus, RequestStatus
 from .validation import LineError, LineValidator
 

@@ -16,9 +16,8 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from files_app.conf import app_settings
-
 from . import windows
+from .conf import app_settings
 from .models import CANCELLABLE_STATUSES, TERMINAL_STATUSES, Batch, BatchStatus
 from .queue import enqueue
 from .signals import batch_finished, batch_status_changed

@@ -9,10 +9,10 @@ from django.core.files import File as DjangoFile
 from django.db import transaction
 from django.utils import timezone
 
-from files_app.conf import app_settings
 from files_app.models import File, FilePurpose
 
 from . import lifecycle
+from .conf import app_settings
 from .models import Batch, BatchRequest, BatchStatus, RequestStatus
 
 logger = logging.getLogger("openai_batches.output")

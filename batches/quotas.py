@@ -29,9 +29,9 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from files_app.api import OpenAIError
-from files_app.conf import app_settings
 from files_app.models import ApiKey
 
+from .conf import app_settings
 from .models import Batch, BatchStatus
 from .validation import LineError
 

@@ -24,8 +24,7 @@ import time
 
 from django.db import IntegrityError, transaction
 
-from files_app.conf import app_settings
-
+from .conf import app_settings
 from .models import RateLimitBucket
 
 WINDOW_SECONDS = 61.0

@@ -8,10 +8,10 @@ from datetime import timedelta
 from django.db.models import Q
 from django.utils import timezone
 
-from files_app.conf import app_settings
 from files_app.models import File, Upload
 
 from . import lifecycle, webhooks
+from .conf import app_settings
 from .input_validation import InputValidation
 from .models import Batch, BatchRequest, BatchStatus
 from .output import finalize_batch as _finalize_batch

@@ -12,7 +12,7 @@ import aiohttp
 import openai
 from django.utils.module_loading import import_string
 
-from files_app.conf import app_settings
+from .conf import app_settings
 
 try:  # openai>=3 is built on httpx2, older releases on httpx.
     import httpx2 as httpx

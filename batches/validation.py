@@ -26,7 +26,8 @@ import re
 from typing import NamedTuple
 
 from files_app.api import has_unstorable_text
-from files_app.conf import app_settings
+
+from .conf import app_settings
 
 SUPPORTED_ENDPOINTS = (
     "/v1/chat/completions",

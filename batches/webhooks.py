@@ -37,9 +37,9 @@ from urllib.parse import urlsplit
 from django.db import transaction
 from django.utils import timezone
 
-from files_app.conf import app_settings
 from files_app.ids import make_id
 
+from .conf import app_settings
 from .models import (
     BatchStatus,
     DeliveryStatus,

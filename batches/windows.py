@@ -11,7 +11,7 @@ window lasts that many seconds (a test override, to exercise expiry without wait
 
 import re
 
-from files_app.conf import app_settings
+from .conf import app_settings
 
 WINDOW_PATTERN = re.compile(r"([1-9][0-9]*)([mhd])")
 UNIT_SECONDS = {"m": 60, "h": 3600, "d": 86400}

@@ -1,10 +1,10 @@
-"""System checks for the settings both apps read (``manage.py check``)."""
+"""System checks of the ``OPENAI_BATCHES`` dict and of files_app's keys (``manage.py check``)."""
 
 from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
 from rest_framework.throttling import SimpleRateThrottle
 
-from .conf import DEFAULTS, SETTING_NAME
+from .conf import DEFAULTS, KNOWN_KEYS, SETTING_NAME
 
 # Cache backends that keep counters inside one process (or nowhere).
 PROCESS_LOCAL_CACHES = {
@@ -15,52 +15,37 @@ PROCESS_LOCAL_CACHES = {
 
 @register(Tags.compatibility)
 def check_settings(app_configs, **kwargs):
+    """The ``OPENAI_BATCHES`` dict itself, and files_app's keys of it."""
     errors = []
     user = getattr(settings, SETTING_NAME, {})
     if not isinstance(user, dict):
         return [Error(f"settings.{SETTING_NAME} must be a dict.", id="openai_batches.E001")]
     for key in user:
-        if key not in DEFAULTS:
+        if key not in KNOWN_KEYS:
             errors.append(
                 Error(
-                    f"Unknown key {key!r} in settings.{SETTING_NAME}.", hint=f"Known keys: {', '.join(DEFAULTS)}.", id="openai_batches.E002"
+                    f"Unknown key {key!r} in settings.{SETTING_NAME}.",
+                    hint=f"Known keys: {', '.join(KNOWN_KEYS)}.",
+                    id="openai_batches.E002",
                 )
             )
-    for app in ("rest_framework", "django_q"):
-        if app not in settings.INSTALLED_APPS:
-            errors.append(Error(f"{app!r} must be in INSTALLED_APPS.", id="openai_batches.E003"))
-    for key in ("MAX_CONCURRENT_BATCHES", "MAX_CONCURRENT_REQUESTS_PER_BATCH", "MAX_ATTEMPTS", "RUN_TASKS_PER_BATCH"):
-        value = user.get(key, DEFAULTS[key])
-        if not isinstance(value, int) or value < 1:
-            errors.append(Error(f"{SETTING_NAME}[{key!r}] must be a positive integer, got {value!r}.", id="openai_batches.E004"))
-    for key in ("DEFAULT_INPUT_FILE_TTL", "DEFAULT_OUTPUT_FILE_TTL"):
-        value = user.get(key, DEFAULTS[key])
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-            errors.append(
-                Error(
-                    f"{SETTING_NAME}[{key!r}] must be a positive number of seconds or None (keep files), got {value!r}.",
-                    id="openai_batches.E007",
-                )
-            )
+    if "rest_framework" not in settings.INSTALLED_APPS:
+        errors.append(Error("'rest_framework' must be in INSTALLED_APPS.", id="openai_batches.E003"))
+    errors.extend(check_ttl("DEFAULT_INPUT_FILE_TTL", user.get("DEFAULT_INPUT_FILE_TTL", DEFAULTS["DEFAULT_INPUT_FILE_TTL"])))
     errors.extend(check_throttle(user.get("THROTTLE_RATE", DEFAULTS["THROTTLE_RATE"])))
-    errors.extend(check_default_quotas(user.get("DEFAULT_QUOTAS", DEFAULTS["DEFAULT_QUOTAS"])))
     return errors
 
 
-QUOTA_KEYS = ("MAX_ACTIVE_BATCHES", "MAX_BATCH_CREATIONS_PER_HOUR", "MAX_ENQUEUED_REQUESTS", "MAX_ENQUEUED_PROMPT_TOKENS")
-
-
-def check_default_quotas(quotas):
-    name = f"{SETTING_NAME}['DEFAULT_QUOTAS']"
-    if not isinstance(quotas, dict):
-        return [Error(f"{name} must be a dict, got {quotas!r}.", id="openai_batches.E006")]
-    errors = []
-    for key, value in quotas.items():
-        if key not in QUOTA_KEYS:
-            errors.append(Error(f"Unknown key {key!r} in {name}.", hint=f"Known keys: {', '.join(QUOTA_KEYS)}.", id="openai_batches.E006"))
-        elif value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-            errors.append(Error(f"{name}[{key!r}] must be None (unlimited) or an integer >= 0, got {value!r}.", id="openai_batches.E006"))
-    return errors
+def check_ttl(key, value):
+    """A file retention setting: a positive number of seconds, or None (keep files)."""
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        return [
+            Error(
+                f"{SETTING_NAME}[{key!r}] must be a positive number of seconds or None (keep files), got {value!r}.",
+                id="openai_batches.E007",
+            )
+        ]
+    return []
 
 
 def check_throttle(rate):

@@ -1,115 +1,48 @@
-"""Settings for the files_app and batches apps.
+"""Settings of the files_app app, and the lazy settings object both apps use.
 
-Both apps read one namespaced dict, ``settings.OPENAI_BATCHES``. Every key has a
-documented default below; values are read on each access (never snapshotted at
+Both apps read one namespaced dict, ``settings.OPENAI_BATCHES``; each app owns
+its keys (``DEFAULTS`` here, ``batches/conf.py`` for the batches app), every key
+with a documented default. Values are read on each access (never snapshotted at
 import), so ``override_settings(OPENAI_BATCHES={...})`` works in tests.
 
     from files_app.conf import app_settings
-    app_settings.MAX_CONCURRENT_REQUESTS_PER_BATCH
+    app_settings.MAX_UPLOAD_BYTES
 """
 
 from django.conf import settings
 
 SETTING_NAME = "OPENAI_BATCHES"
 
+# Every key an installed app declared, with its default: what check E002 accepts.
+KNOWN_KEYS = {}
+
+
+class AppSettings:
+    """Lazy view over one app's keys of ``settings.OPENAI_BATCHES``, with their defaults."""
+
+    def __init__(self, defaults):
+        self.defaults = defaults
+        KNOWN_KEYS.update(defaults)
+
+    def __getattr__(self, name):
+        if name not in self.defaults:
+            raise AttributeError(f"Unknown {SETTING_NAME} setting: {name!r}")
+        user = getattr(settings, SETTING_NAME, None) or {}
+        return user.get(name, self.defaults[name])
+
+
 DEFAULTS = {
-    # --- Upstream (any OpenAI-compatible server: vLLM, Ollama, llama.cpp, OpenAI) ---
-    # Base URL including /v1, e.g. "http://127.0.0.1:8080/v1". Required to run batches.
-    "UPSTREAM_BASE_URL": None,
-    # Sent as the bearer token upstream. Never logged, never returned.
-    "UPSTREAM_API_KEY": "",
-    # Seconds one upstream request may take before it counts as a (retryable) timeout.
-    "UPSTREAM_TIMEOUT": 600.0,
-    # Dotted path of the class that sends inference calls: plain aiohttp (default), or
-    # "batches.upstream.OpenAIClient", the SDK's AsyncOpenAI at four times the CPU per call.
-    "UPSTREAM_CLIENT_CLASS": "batches.upstream.AiohttpClient",
-    # Optional allow-list / routing table: {"model-id": {"base_url": ..., "api_key": ...}}
-    # or a list of model ids. When None, the upstream's /v1/models decides.
-    "MODELS": None,
-    # --- Concurrency (cluster-wide, enforced through the database) ---
-    "MAX_CONCURRENT_BATCHES": 4,
-    "MAX_CONCURRENT_REQUESTS_PER_BATCH": 64,
-    # run tasks enqueued per batch; more than one lets several workers share a batch.
-    "RUN_TASKS_PER_BATCH": 1,
-    # Upstream rate limits shared by all workers on all hosts (batches/ratelimit.py):
-    # {"model-id": {"rpm": N, "tpm": N}, "*": {...}}. A model's own entry wins; "*"
-    # covers every other model, one budget per upstream base URL. Empty: unlimited.
-    "RATE_LIMITS": {},
-    # --- Retries ---
-    # Attempts per request (first try included) for transient upstream failures.
-    "MAX_ATTEMPTS": 5,
-    "RETRY_BACKOFF_BASE": 1.0,  # seconds, doubled per attempt, with full jitter
-    "RETRY_BACKOFF_MAX": 60.0,
-    # Consecutive transient failures that pause the whole batch (circuit breaker).
-    "CIRCUIT_BREAKER_THRESHOLD": 5,
-    # --- Leases and task slicing ---
-    # A claimed request (or a batch being validated/finalized) belongs to one worker
-    # for this long; leases are renewed while the work is alive, so this only bounds
-    # how long a killed worker's work waits before another worker takes it over.
-    "LEASE_SECONDS": 60.0,
-    # A run task hands its batch back to the queue after this long, keeping every
-    # django-q2 task well under Q_CLUSTER["timeout"].
-    "RUN_SLICE_SECONDS": 300.0,
-    # On SIGTERM (a deploy), in-flight upstream calls get this long to finish before
-    # their requests are handed back; keep it under the orchestrator's stop timeout.
-    "SHUTDOWN_GRACE_SECONDS": 5.0,
-    # --- Batch limits (OpenAI's) ---
-    # completion_window values a batch may ask for (batches/windows.py): OpenAI's only
-    # value is "24h"; e.g. ["1h", "24h", "7d"] offers a fast and a background tier.
-    "COMPLETION_WINDOWS": ("24h",),
-    # None: a batch expires its completion_window after creation. A number of seconds
-    # overrides every window (tests use it to exercise expiry).
-    "COMPLETION_WINDOW_SECONDS": None,
-    "MAX_REQUESTS_PER_BATCH": 50_000,
-    "MAX_INPUT_FILE_BYTES": 200 * 1024 * 1024,
-    # Inputs (strings or token arrays) across all requests of one /v1/embeddings batch.
-    "MAX_EMBEDDING_INPUTS_PER_BATCH": 50_000,
-    "MAX_VALIDATION_ERRORS": 100,
-    # Batch endpoints beyond the five text ones, passed through to the upstream with only
-    # the universal checks: any of "/v1/images/generations", "/v1/images/edits".
-    "EXTRA_ENDPOINTS": (),
     # --- Files ---
     # Largest file: one POST /v1/files, or the parts of one /v1/uploads Upload together.
     "MAX_UPLOAD_BYTES": 512 * 1024 * 1024,
     # Retention, as OpenAI: purpose=batch uploads expire this many seconds after upload
-    # unless the upload says expires_after; output and error files expire this long after
-    # the batch finishes unless the batch says output_expires_after. None keeps them.
+    # unless the upload says expires_after. None keeps them. (Output files: batches/conf.py.)
     "DEFAULT_INPUT_FILE_TTL": 30 * 24 * 3600,
-    "DEFAULT_OUTPUT_FILE_TTL": 30 * 24 * 3600,
     # Which STORAGES alias holds file contents (S3 works through django-storages).
     "STORAGE_ALIAS": "default",
     # --- API ---
     # DRF throttle rate per API key, e.g. "600/min"; None disables throttling.
     "THROTTLE_RATE": None,
-    # --- Quotas per API key (batches/quotas.py) ---
-    # Site-wide defaults for the keys whose own quota field is empty; None = unlimited.
-    # Keys: MAX_ACTIVE_BATCHES, MAX_BATCH_CREATIONS_PER_HOUR, MAX_ENQUEUED_REQUESTS,
-    # MAX_ENQUEUED_PROMPT_TOKENS.
-    "DEFAULT_QUOTAS": {},
-    # --- Webhooks (batches/webhooks.py) ---
-    # Deliver to loopback, private, link-local and other non-public addresses. Off by
-    # default so an API user cannot make the workers call internal services (SSRF).
-    "WEBHOOKS_ALLOW_PRIVATE": False,
-    # Seconds one delivery attempt may take (connect, send, and each read).
-    "WEBHOOKS_TIMEOUT": 10.0,
-    # Seconds to wait before each retry of a failed delivery; its length is the
-    # number of retries. The default spreads 8 retries over about 22 hours. Due
-    # retries are picked up by tasks.sweep, so they run up to a minute late.
-    "WEBHOOKS_RETRY_SCHEDULE": (5, 30, 120, 600, 3600, 3 * 3600, 6 * 3600, 12 * 3600),
 }
 
-
-class AppSettings:
-    """Lazy view over ``settings.OPENAI_BATCHES`` with defaults."""
-
-    def __getattr__(self, name):
-        if name not in DEFAULTS:
-            raise AttributeError(f"Unknown {SETTING_NAME} setting: {name!r}")
-        user = getattr(settings, SETTING_NAME, None) or {}
-        return user.get(name, DEFAULTS[name])
-
-    def as_dict(self):
-        return {name: getattr(self, name) for name in DEFAULTS}
-
-
-app_settings = AppSettings()
+app_settings = AppSettings(DEFAULTS)

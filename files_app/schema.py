@@ -264,7 +264,7 @@ class UploadViewSetSchema(OpenApiViewExtension):
 
 
 class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
-    target_class = "files_app.auth.ApiKeyAuthentication"
+    target_class = "files_app.api.authentication.ApiKeyAuthentication"
     name = "ApiKeyAuth"
 
     def get_security_definition(self, auto_schema):

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from batches.checks import check_queue_settings, minimum_retry
+from batches.checks import check_settings as check_batch_settings
 from files_app.checks import check_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,7 +25,7 @@ def ids(messages):
 
 
 def all_ids():
-    return ids(check_settings(None) + check_queue_settings(None))
+    return ids(check_settings(None) + check_batch_settings(None) + check_queue_settings(None))
 
 
 @pytest.fixture
@@ -57,7 +58,7 @@ def test_unknown_key_is_an_error_naming_it(configured):
 @pytest.mark.parametrize("value", [0, -1, "4", 2.5, None])
 def test_concurrency_must_be_a_positive_integer(configured, value):
     configured.OPENAI_BATCHES = {**configured.OPENAI_BATCHES, "MAX_CONCURRENT_BATCHES": value}
-    assert ids(check_settings(None)) == ["openai_batches.E004"]
+    assert ids(check_batch_settings(None)) == ["openai_batches.E004"]
 
 
 # --- throttling and the cache ------------------------------------------------------------
@@ -169,18 +170,18 @@ def test_both_upstream_clients_pass(configured, path):
 
 def test_no_upstream_is_a_warning(configured):
     configured.OPENAI_BATCHES = {}
-    assert ids(check_queue_settings(None)) == ["openai_batches.W001"]
+    assert ids(check_batch_settings(None)) == ["openai_batches.W001"]
 
 
 def test_routing_table_with_a_base_url_per_model_is_an_upstream(configured):
     configured.OPENAI_BATCHES = {"MODELS": {"a": {"base_url": "http://a/v1"}, "b": {"base_url": "http://b/v1", "api_key": "k"}}}
-    assert check_queue_settings(None) == []
+    assert check_batch_settings(None) == []
 
 
 @pytest.mark.parametrize("models", [["a", "b"], {"a": {"base_url": "http://a/v1"}, "b": {}}, {}])
 def test_models_without_a_base_url_for_each_is_no_upstream(configured, models):
     configured.OPENAI_BATCHES = {"MODELS": models}
-    assert ids(check_queue_settings(None)) == ["openai_batches.W001"]
+    assert ids(check_batch_settings(None)) == ["openai_batches.W001"]
 
 
 # --- through manage.py check ------------------------------------------------------------------
@@ -238,10 +239,11 @@ def test_window_seconds_override_must_be_a_positive_integer(configured, seconds)
 
 
 def test_every_setting_and_environment_variable_is_documented():
-    from files_app.conf import DEFAULTS
+    from batches.conf import DEFAULTS as BATCHES_DEFAULTS
+    from files_app.conf import DEFAULTS as FILES_DEFAULTS
 
     reference = (ROOT / "docs" / "settings.md").read_text()
-    undocumented = [key for key in DEFAULTS if f"| `{key}` |" not in reference]
+    undocumented = [key for key in [*FILES_DEFAULTS, *BATCHES_DEFAULTS] if f"| `{key}` |" not in reference]
     assert undocumented == [], "add these OPENAI_BATCHES keys to docs/settings.md"
     settings_source = (ROOT / "project" / "settings.py").read_text()
     variables = set(re.findall(r"""(?:environ\.get|env_bool|env_int|env_float)\(\s*["']([A-Z0-9_]+)["']""", settings_source))

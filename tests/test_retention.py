@@ -12,6 +12,7 @@ from django.core.files.storage import default_storage
 from django.utils import timezone
 
 from batches import tasks
+from batches.checks import check_settings as check_batch_settings
 from files_app.checks import check_settings
 from files_app.models import File
 from tests.conftest import chat_line, jsonl
@@ -104,13 +105,15 @@ def test_the_sweeper_deletes_expired_files_and_their_bytes(finished, make_file):
 @pytest.mark.parametrize("value", [0, -5, "30d", 2.5, True])
 def test_a_bad_retention_setting_is_a_system_check_error(retention, value):
     retention(DEFAULT_OUTPUT_FILE_TTL=value)
+    assert [m.id for m in check_batch_settings(None) if m.is_serious()] == ["openai_batches.E007"]
+    retention(DEFAULT_OUTPUT_FILE_TTL=None, DEFAULT_INPUT_FILE_TTL=value)
     assert [m.id for m in check_settings(None)] == ["openai_batches.E007"]
 
 
 @pytest.mark.parametrize("value", [None, 3600])
 def test_good_retention_settings_pass_the_checks(retention, value):
     retention(DEFAULT_INPUT_FILE_TTL=value, DEFAULT_OUTPUT_FILE_TTL=value)
-    assert not [m for m in check_settings(None) if m.id == "openai_batches.E007"]
+    assert not [m for m in check_settings(None) + check_batch_settings(None) if m.id == "openai_batches.E007"]
 
 
 @pytest.mark.live

@@ -28,9 +28,8 @@ from django.db import InterfaceError, OperationalError, connection
 from django.db.models import F
 from django.utils import timezone
 
-from files_app.conf import app_settings
-
 from .. import claims, lifecycle, ratelimit, upstream
+from ..conf import app_settings
 from ..models import Batch, BatchRequest, BatchStatus, RequestStatus
 from ..output import finalize_batch
 from ..queue import enqueue

@@ -3,7 +3,7 @@
 import logging
 import time
 
-from files_app.conf import app_settings
+from ..conf import app_settings
 
 logger = logging.getLogger("openai_batches.runner")
 

@@ -7,9 +7,8 @@ from django.db import InterfaceError, OperationalError, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from files_app.conf import app_settings
-
 from .. import bulk
+from ..conf import app_settings
 from ..models import Batch, BatchRequest, RequestStatus
 
 RESULT_FIELDS = ["status", "status_code", "upstream_request_id", "response_body", "error", "lease_owner", "lease_expires_at", "finished_at"]

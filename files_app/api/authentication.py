@@ -5,7 +5,7 @@ from datetime import timedelta
 from django.utils import timezone
 from rest_framework import authentication, exceptions
 
-from .models import ApiKey, hash_key
+from ..models import ApiKey, hash_key
 
 # last_used_at is informational; writing it on every request would serialise
 # SQLite writers behind API reads.

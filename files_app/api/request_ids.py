@@ -1,3 +1,5 @@
+"""Request ids: every response carries one, as OpenAI's do."""
+
 import secrets
 
 
@@ -9,7 +11,6 @@ class RequestIdMiddleware:
 
     def __call__(self, request):
         request_id = f"req_{secrets.token_hex(16)}"
-        request.openai_request_id = request_id
         response = self.get_response(request)
         response.headers.setdefault("x-request-id", request_id)
         return response

@@ -1,0 +1,47 @@
+"""The base of every /v1 viewset: the API's policies set on the view, so the host
+site's REST_FRAMEWORK settings are left alone."""
+
+from rest_framework import exceptions, viewsets
+from rest_framework.permissions import IsAuthenticated
+from rest_framework.renderers import JSONRenderer
+
+from .authentication import ApiKeyAuthentication
+from .errors import OpenAIError, exception_handler
+from .negotiation import IgnoreAcceptNegotiation
+from .pagination import paginate
+from .parsers import OpenAIJSONParser
+from .throttling import ApiKeyRateThrottle
+
+
+class OpenAIViewSet(viewsets.GenericViewSet):
+    authentication_classes = [ApiKeyAuthentication]
+    permission_classes = [IsAuthenticated]
+    throttle_classes = [ApiKeyRateThrottle]
+    parser_classes = [OpenAIJSONParser]
+    renderer_classes = [JSONRenderer]
+    content_negotiation_class = IgnoreAcceptNegotiation
+    pagination_class = None
+    # No OPTIONS: DRF's metadata for it needs serializers these views do not have.
+    http_method_names = [method for method in viewsets.GenericViewSet.http_method_names if method != "options"]
+
+    def get_exception_handler(self):
+        return exception_handler
+
+    def initial(self, request, *args, **kwargs):
+        super().initial(request, *args, **kwargs)
+        # Ids and filters go straight into queries; PostgreSQL rejects NUL characters
+        # with a database error, so they are a client error here, on every database.
+        for name, values in [*((k, [v]) for k, v in kwargs.items()), *request.query_params.lists()]:
+            if "\x00" in name or any("\x00" in str(value) for value in values):
+                param = name.replace("\x00", "")
+                raise OpenAIError(f"Invalid '{param}': contains a NUL character.", param=param, code="invalid_value")
+
+    def permission_denied(self, request, message=None, code=None):
+        # Unauthenticated requests are 401 (DRF would pick 403 in some cases).
+        if request.authenticators and not request.successful_authenticator:
+            raise exceptions.NotAuthenticated()
+        super().permission_denied(request, message=message, code=code)
+
+    def paginate(self, queryset, **options):
+        """OpenAI's cursor list of ``queryset`` (see ``pagination.paginate``)."""
+        return paginate(queryset, **options)
