@@ -6,6 +6,7 @@ upstream in a process of its own.
     .venv/bin/python bench/scheduling.py                          # all six, ~6-10 minutes
     .venv/bin/python bench/scheduling.py --only aimd recovery     # some of them
     .venv/bin/python bench/scheduling.py --tag before             # results: bench/results/scheduling_<scenario>-before.json
+    .venv/bin/python bench/scheduling.py --table before after     # Markdown table of saved results, nothing run
 
 Scenarios (targets from issue 13):
 
@@ -537,7 +538,11 @@ def main():
     parser.add_argument("--only", nargs="+", choices=list(SCENARIOS), help="scenarios to run (default: all)")
     parser.add_argument("--db", choices=("sqlite", "postgres"), default="sqlite", help="the bundled default is SQLite")
     parser.add_argument("--tag", default="", help="suffix of the result files, e.g. before / after")
+    parser.add_argument("--table", nargs="+", metavar="TAG", help="run nothing: print a Markdown table of the saved results of these tags")
     args = parser.parse_args()
+    if args.table:
+        print_markdown(args.only or list(SCENARIOS), args.table)
+        return
     summary = []
     for name in args.only or list(SCENARIOS):
         print(f"\n=== {name}", flush=True)
@@ -558,12 +563,36 @@ def main():
             "load_before": load_before,
             "load_after": load_after,
         }
-        path = common.save(f"scheduling_{name}", saved, common.RESULTS_DIR / f"scheduling_{name}{'-' + args.tag if args.tag else ''}.json")
+        path = common.save(f"scheduling_{name}", saved, result_path(name, args.tag))
         print("results:", path)
         summary.append((name, "; ".join(f"{f[0]}: {f[1]}" for f in figures if f[2]), met, f"{load_before} -> {load_after}"))
     common.print_table(
         "Scheduling benchmarks", ["scenario", "figures", "met", "load"], [(n, f, "MET" if m else "NOT MET", lo) for n, f, m, lo in summary]
     )
+
+
+def result_path(name, tag):
+    return common.RESULTS_DIR / f"scheduling_{name}{'-' + tag if tag else ''}.json"
+
+
+def print_markdown(names, tags):
+    """One row per scenario: its targets, then per tag the judged figures, MET or not, and the load average."""
+    print("| Scenario | Target | " + " | ".join(tags) + " |")
+    print("|---|---|" + "---|" * len(tags))
+    for name in names:
+        results = [json.loads(path.read_text()) if (path := result_path(name, tag)).exists() else None for tag in tags]
+        known = next((r for r in results if r), None)
+        if known is None:
+            continue
+        target = "; ".join(f"{measure} {target}" for measure, _, target in known["figures"] if target)
+        cells = [
+            "not measured"
+            if r is None
+            else "; ".join(f"{measure}: {value}" for measure, value, target in r["figures"] if target)
+            + f" — **{'met' if r['met'] else 'not met'}** (load {r['load_before']} → {r['load_after']}, {r['commit']})"
+            for r in results
+        ]
+        print(f"| {name} | {target} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
