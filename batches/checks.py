@@ -30,7 +30,13 @@ def check_settings(app_configs, **kwargs):
     messages = []
     if "django_q" not in settings.INSTALLED_APPS:
         messages.append(Error("'django_q' must be in INSTALLED_APPS.", id="openai_batches.E003"))
-    for key in ("MAX_CONCURRENT_BATCHES", "MAX_CONCURRENT_REQUESTS_PER_BATCH", "MAX_ATTEMPTS", "RUN_TASKS_PER_BATCH"):
+    for key in (
+        "MAX_CONCURRENT_BATCHES",
+        "MAX_CONCURRENT_REQUESTS_PER_BATCH",
+        "MAX_ATTEMPTS",
+        "RUN_TASKS_PER_BATCH",
+        "EMBEDDINGS_BUNDLE_SIZE",
+    ):
         value = getattr(app_settings, key)
         if not isinstance(value, int) or value < 1:
             messages.append(Error(f"{SETTING_NAME}[{key!r}] must be a positive integer, got {value!r}.", id="openai_batches.E004"))

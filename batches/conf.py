@@ -20,6 +20,9 @@ DEFAULTS = {
     # Dotted path of the class that sends inference calls: plain aiohttp (default), or
     # "batches.upstream.OpenAIClient", the SDK's AsyncOpenAI at four times the CPU per call.
     "UPSTREAM_CLIENT_CLASS": "batches.upstream.AiohttpClient",
+    # Embeddings lines sharing model and parameters go upstream together, up to this many
+    # inputs per call (batches/bundling.py); 1 sends every line on its own.
+    "EMBEDDINGS_BUNDLE_SIZE": 32,
     # Optional allow-list / routing table: {"model-id": {"base_url": ..., "api_key": ...}}
     # or a list of model ids. When None, the upstream's /v1/models decides.
     "MODELS": None,

@@ -7,11 +7,13 @@ import logging
 import time
 import urllib.parse
 import urllib.request
+import weakref
 
 import aiohttp
 import openai
 from django.utils.module_loading import import_string
 
+from . import bundling
 from .conf import app_settings
 
 try:  # openai>=3 is built on httpx2, older releases on httpx.
@@ -248,7 +250,24 @@ def redact(payload, secret):
     return json.loads(json.dumps(payload).replace(secret, "[redacted]"))
 
 
+EMBEDDINGS = "/v1/embeddings"
+# The Bundler of each client: rows sent through the same client may share a call.
+_bundlers = weakref.WeakKeyDictionary()
+
+
 async def send(client, endpoint: str, body: dict) -> Outcome:
+    """One line's upstream call, classified; an embeddings line may share its call
+    with others (``batches/bundling.py``). Never raises for upstream trouble."""
+    size = app_settings.EMBEDDINGS_BUNDLE_SIZE
+    if endpoint == EMBEDDINGS and size > 1:
+        bundler = _bundlers.get(client)
+        if bundler is None:
+            bundler = _bundlers[client] = bundling.Bundler()
+        return await bundler.send(lambda request_body: call(client, EMBEDDINGS, request_body), body, size)
+    return await call(client, endpoint, body)
+
+
+async def call(client, endpoint: str, body: dict) -> Outcome:
     """One upstream call, classified. Never raises for upstream trouble."""
     try:
         status_code, headers, content = await client.post(endpoint_path(endpoint), body)

@@ -56,13 +56,13 @@ def report(result):
     common.print_table(
         f"Benchmark 5: worker processes on one batch, {params['lines']:,} lines at {params['latency_ms']:g} ms ({params['db']}"
         f"{' + Redis' if params['redis'] else ''})",
-        ["worker processes", "run phase lines/s", "upload to completed lines/s", "worker CPU ms/line", "machine busy", "load"],
+        ["worker processes", "run phase lines/s", "upload to completed lines/s", "service CPU ms/line", "machine busy", "load"],
         [
             (
                 n,
                 f"{result[key]['lines_per_s']:,.0f}",
                 f"{result[key]['end_to_end_lines_per_s']:,.0f}",
-                f"{1000 * result[key]['workers_cpu_s'] / params['lines']:.2f}",
+                f"{1000 * result[key]['service_cpu_s'] / params['lines']:.2f}",
                 f"{100 * result[key]['machine_busy_share']:.0f} %",
                 f"{result[key]['load_before']} -> {result[key]['load_after']}",
             )

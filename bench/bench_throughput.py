@@ -1,20 +1,22 @@
 """Benchmark 1: throughput against a 50 ms upstream with a per-batch concurrency of
 64, 10,000 lines. Little's law gives the ideal: 64 requests in flight / 0.05 s =
-1,280 lines/s. Target: the run phase (in_progress -> finalizing) at >= 90 % of it.
+1,280 lines/s; what this machine allows is what a bare aiohttp client doing nothing
+but the same calls gets from the same fake upstream, measured in the same run.
+Target: the run phase (in_progress -> finalizing) at >= 95 % of the bare client.
 
     .venv/bin/python bench/bench_throughput.py [--lines 10000] [--latency-ms 50] [--concurrency 64] [--db postgres]
 """
 
 import common
 
-TARGET_SHARE = 0.90
+TARGET_SHARE = 0.95
 
 
 def measure(args, during=None):
     ideal = args.concurrency / (args.latency_ms / 1000)
     runs = []
     with common.UpstreamProcess(latency_ms=args.latency_ms) as upstream:
-        baseline = common.bare_client_rate(upstream.base_url, args.concurrency, min(args.lines, 5000))
+        baseline = common.bare_client_rate(upstream.base_url, args.concurrency, args.lines)
         for _ in range(args.repeat):
             with common.live_stack(
                 upstream.base_url,
@@ -32,6 +34,7 @@ def measure(args, during=None):
                 stats = upstream.stats()
                 run["lines_per_s"] = args.lines / run["run_s"]
                 run["share_of_ideal"] = run["lines_per_s"] / ideal
+                run["share_of_bare_client"] = run["lines_per_s"] / baseline
                 run["end_to_end_lines_per_s"] = args.lines / run["upload_to_completed_s"]
                 run["upstream_max_in_flight"] = stats["max_in_flight"]
                 run["upstream_requests"] = stats["requests_total"]
@@ -52,7 +55,7 @@ def measure(args, during=None):
         "runs": runs,
         "best": best,
         "target_share": TARGET_SHARE,
-        "met": best["share_of_ideal"] >= TARGET_SHARE,
+        "met": best["share_of_bare_client"] >= TARGET_SHARE,
     }
 
 
@@ -64,23 +67,25 @@ def report(result):
         ["measure", "value"],
         [
             ("run phase lines/s", f"{best['lines_per_s']:,.0f}"),
+            (
+                "bare aiohttp client, same upstream, same run (machine's ceiling)",
+                f"{result['bare_client_lines_per_s']:,.0f} "
+                f"({100 * result['bare_client_lines_per_s'] / result['ideal_lines_per_s']:.1f} % of ideal)",
+            ),
+            ("share of the bare client", f"{100 * best['share_of_bare_client']:.1f} %"),
             ("ideal lines/s (concurrency / latency)", f"{result['ideal_lines_per_s']:,.0f}"),
             ("share of ideal", f"{100 * best['share_of_ideal']:.1f} %"),
-            (
-                "bare aiohttp client, same upstream (machine's ceiling)",
-                f"{result['bare_client_lines_per_s']:,.0f} ({100 * result['bare_client_lines_per_s'] / result['ideal_lines_per_s']:.1f} %)",
-            ),
             ("upstream max in flight", best["upstream_max_in_flight"]),
             ("upload to completed lines/s", f"{best['end_to_end_lines_per_s']:,.0f}"),
             (
-                "worker CPU per line, machine busy",
-                f"{1000 * best['workers_cpu_s'] / params['lines']:.2f} ms, {100 * best['machine_busy_share']:.0f} %",
+                "service CPU per line (workers, web, database), machine busy",
+                f"{1000 * best['service_cpu_s'] / params['lines']:.2f} ms, {100 * best['machine_busy_share']:.0f} %",
             ),
             ("validate / run / finalize s", f"{best['validate_s']:.2f} / {best['run_s']:.2f} / {best['finalize_s']:.2f}"),
         ],
     )
     print(
-        f"share of ideal: {100 * best['share_of_ideal']:.1f} % (target >= {100 * result['target_share']:.0f} %) "
+        f"share of the bare client: {100 * best['share_of_bare_client']:.1f} % (target >= {100 * result['target_share']:.0f} %) "
         f"{'MET' if result['met'] else 'NOT MET'}; load average {best['load_before']} -> {best['load_after']}"
     )
 

@@ -29,6 +29,9 @@ from tests.live import LiveStack, wait_until  # noqa: E402
 RESULTS_DIR = ROOT / "bench" / "results"
 PG_DEFAULT_URL = "postgres://postgres@127.0.0.1:5432/postgres"
 MODEL = "fake-model"
+EMBED_MODEL = "fake-embed"
+CHAT = "/v1/chat/completions"
+EMBEDDINGS = "/v1/embeddings"
 MIB = 1024 * 1024
 
 
@@ -67,7 +70,17 @@ class UpstreamProcess:
 
     def __enter__(self):
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.fake_upstream", "--port", "0", "--latency-ms", str(self.latency_ms), "--models", MODEL],
+            [
+                sys.executable,
+                "-m",
+                "tests.fake_upstream",
+                "--port",
+                "0",
+                "--latency-ms",
+                str(self.latency_ms),
+                "--models",
+                f"{MODEL},{EMBED_MODEL}",
+            ],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             text=True,
@@ -135,30 +148,31 @@ def live_stack(upstream_url, *, db="sqlite", redis=None, concurrency=64, workers
 # --- one batch, end to end ----------------------------------------------------------
 
 
-def batch_input(lines):
+def request_body(endpoint, i):
+    if endpoint == EMBEDDINGS:  # short inputs: a sentence each
+        return {"model": EMBED_MODEL, "input": f"Embed sentence number {i}."}
+    return {"model": MODEL, "messages": [{"role": "user", "content": f"Say hello to number {i}."}], "max_tokens": 16}
+
+
+def batch_input(lines, endpoint=CHAT):
     out = io.BytesIO()
     for i in range(lines):
-        record = {
-            "custom_id": f"req-{i}",
-            "method": "POST",
-            "url": "/v1/chat/completions",
-            "body": {"model": MODEL, "messages": [{"role": "user", "content": f"Say hello to number {i}."}], "max_tokens": 16},
-        }
+        record = {"custom_id": f"req-{i}", "method": "POST", "url": endpoint, "body": request_body(endpoint, i)}
         out.write(json.dumps(record, separators=(",", ":")).encode() + b"\n")
     return out.getvalue()
 
 
-def run_batch(stack, lines, *, poll=0.5, timeout=1800, during=None):
+def run_batch(stack, lines, *, endpoint=CHAT, poll=0.5, timeout=1800, during=None):
     """Upload ``lines`` requests, create a batch and wait until it is completed.
 
     Returns the phases' durations in seconds, from the database's own timestamps
     (the API's are whole seconds) and this process's clock for the upload. Polling is
     slow on purpose: the web server shares the cores with the workers."""
     client = stack.client(timeout=600)
-    payload = batch_input(lines)
+    payload = batch_input(lines, endpoint)
     started = time.time()
     upload = client.files.create(file=("bench.jsonl", io.BytesIO(payload), "application/jsonl"), purpose="batch")
-    batch = client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h")
+    batch = client.batches.create(input_file_id=upload.id, endpoint=endpoint, completion_window="24h")
     created = time.time()
     if during:  # e.g. benchmark 4's poller: start(stack, batch_id), stop()
         during.start(stack, batch.id)
@@ -310,7 +324,7 @@ def save(name, result, path=None):
 # --- what the machine allows without us -------------------------------------------------
 
 
-def bare_client_rate(base_url, concurrency, requests):
+def bare_client_rate(base_url, concurrency, requests, endpoint=CHAT):
     """Requests a second a bare aiohttp client gets from the fake upstream with
     ``concurrency`` calls in flight: the ceiling of this machine, whatever the
     orchestrator does (its fake upstream and the client share the same cores)."""
@@ -318,7 +332,8 @@ def bare_client_rate(base_url, concurrency, requests):
 
     import aiohttp
 
-    body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16}).encode()
+    body = json.dumps(request_body(endpoint, 0)).encode()
+    path = endpoint.removeprefix("/v1/")
 
     async def run():
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
@@ -327,7 +342,7 @@ def bare_client_rate(base_url, concurrency, requests):
             async def call():
                 async with (
                     slots,
-                    session.post(f"{base_url}/chat/completions", data=body, headers={"Content-Type": "application/json"}) as response,
+                    session.post(f"{base_url}/{path}", data=body, headers={"Content-Type": "application/json"}) as response,
                 ):
                     await response.read()
 
@@ -340,9 +355,10 @@ def bare_client_rate(base_url, concurrency, requests):
 
 
 class CpuUse:
-    """CPU seconds the worker processes used, and how busy the whole machine was,
-    between ``__enter__`` and ``__exit__``: tells a benchmark that is bound by the
-    machine's cores from one bound by waiting."""
+    """CPU seconds the service used between ``__enter__`` and ``__exit__`` (the worker
+    processes, the web server, and a PostgreSQL server's backends; SQLite runs inside
+    the first two), and how busy the whole machine was: tells a benchmark that is
+    bound by the machine's cores from one bound by waiting."""
 
     def __init__(self, stack):
         import psutil
@@ -350,9 +366,9 @@ class CpuUse:
         self.psutil = psutil
         self.stack = stack
 
-    def _worker_seconds(self):
+    def _tree_seconds(self, roots):
         total = 0.0
-        for proc in self.stack.workers:
+        for proc in roots:
             try:
                 root = self.psutil.Process(proc.pid)
                 for member in [root, *root.children(recursive=True)]:
@@ -362,18 +378,37 @@ class CpuUse:
                 continue
         return total
 
+    def _database_seconds(self):
+        """PostgreSQL backends' CPU (other sessions' work on the same server counts too)."""
+        if not self.stack.db.pg_name:
+            return 0.0
+        total = 0.0
+        for proc in self.psutil.process_iter(["name", "cpu_times"]):
+            if proc.info["name"] in ("postgres", "postmaster") and proc.info["cpu_times"]:
+                total += proc.info["cpu_times"].user + proc.info["cpu_times"].system
+        return total
+
+    def _seconds(self):
+        return {
+            "workers_cpu_s": self._tree_seconds(self.stack.workers),
+            "web_cpu_s": self._tree_seconds([self.stack.web]),
+            "database_cpu_s": self._database_seconds(),
+        }
+
     def __enter__(self):
         self.started = time.perf_counter()
         self.machine_before = self.psutil.cpu_times()
-        self.workers_before = self._worker_seconds()
+        self.before = self._seconds()
         return self
 
     def __exit__(self, *exc):
         elapsed = time.perf_counter() - self.started
         after = self.psutil.cpu_times()
         busy = sum(getattr(after, f) - getattr(self.machine_before, f) for f in ("user", "nice", "system", "irq", "softirq", "steal"))
+        used = {key: value - self.before[key] for key, value in self._seconds().items()}
         self.result = {
-            "workers_cpu_s": self._worker_seconds() - self.workers_before,
+            **used,
+            "service_cpu_s": sum(used.values()),
             "machine_busy_share": busy / (elapsed * (os.cpu_count() or 1)),
             "elapsed_s": elapsed,
         }

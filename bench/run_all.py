@@ -1,8 +1,8 @@
-"""Runs the five benchmarks one after another (each in a process of its own, with
+"""Runs the six benchmarks one after another (each in a process of its own, with
 its defaults), prints the results table and draws docs/bench.png.
 
     .venv/bin/pip install -e '.[bench]'
-    .venv/bin/python bench/run_all.py                 # all five, ~10 minutes on 2 cores
+    .venv/bin/python bench/run_all.py                 # all six, ~12 minutes on 2 cores
     .venv/bin/python bench/run_all.py --only 1 4      # some of them
     .venv/bin/python bench/run_all.py --plot-only     # table and plot from bench/results/*.json
 
@@ -23,6 +23,7 @@ BENCHMARKS = {
     "3": ("memory", "bench_memory.py"),
     "4": ("api_latency", "bench_api_latency.py"),
     "5": ("scaling", "bench_scaling.py"),
+    "6": ("embeddings", "bench_embeddings.py"),
 }
 PLOT = common.ROOT / "docs" / "bench.png"
 
@@ -61,9 +62,9 @@ def summary_rows(results):
             (
                 f"1. Throughput, {r['params']['lines']:,} lines, {r['params']['latency_ms']:g} ms upstream, "
                 f"concurrency {r['params']['concurrency']}",
-                f"{best['lines_per_s']:,.0f} lines/s = {100 * best['share_of_ideal']:.1f} % of {r['ideal_lines_per_s']:,.0f} "
-                f"(bare client on the same machine: {100 * r['bare_client_lines_per_s'] / r['ideal_lines_per_s']:.0f} %)",
-                f"≥ {100 * r['target_share']:.0f} %",
+                f"{best['lines_per_s']:,.0f} lines/s = {100 * best['share_of_bare_client']:.1f} % of a bare aiohttp client's "
+                f"{r['bare_client_lines_per_s']:,.0f} in the same run (ideal {r['ideal_lines_per_s']:,.0f})",
+                f"≥ {100 * r['target_share']:.0f} % of the bare client",
                 r["met"],
                 load_of(best),
             )
@@ -75,8 +76,8 @@ def summary_rows(results):
             (
                 f"2. Orchestrator cost, {r['params']['lines']:,} lines, 0 ms upstream, upload to completed",
                 f"{best['lines_per_s']:,.0f} lines/s ({best['upload_to_completed_s']:.1f} s: validate {best['validate_s']:.1f}, "
-                f"run {best['run_s']:.1f}, finalize {best['finalize_s']:.1f})",
-                f"≥ {r['target']:,} lines/s",
+                f"run {best['run_s']:.1f}, finalize {best['finalize_s']:.1f}); {best['cpu_s_per_1000_lines']:.2f} CPU-s per 1,000 lines",
+                f"≥ {r['target']:,} lines/s, ≤ {r['target_cpu_s_per_1000_lines']} CPU-s per 1,000 lines",
                 r["met"],
                 load_of(best),
             )
@@ -116,6 +117,18 @@ def summary_rows(results):
                 f"{load_of(r['one'])}; {load_of(r['two'])}",
             )
         )
+    if "6" in results:
+        r = results["6"]
+        best = r["best"]
+        rows.append(
+            (
+                f"6. Embeddings, {r['params']['lines']:,} short inputs, 0 ms upstream, upload to completed",
+                f"{best['lines_per_s']:,.0f} lines/s, {best['upstream_calls']:,} upstream calls (bundle size {r['params']['bundle_size']})",
+                f"≥ {r['target']:,} lines/s, ≤ {r['target_max_calls']:,.0f} calls",
+                r["met"],
+                load_of(best),
+            )
+        )
     return rows
 
 
@@ -146,8 +159,8 @@ def plot(results):
     if "1" in results:
         r, ax = results["1"], axes[0]
         values = [r["ideal_lines_per_s"], r["bare_client_lines_per_s"], r["best"]["lines_per_s"]]
-        ax.bar(["ideal\n(64 / 50 ms)", "bare client\n(machine ceiling)", "batch run\nphase"], values, color=[grey, grey, colour(r["met"])])
-        ax.axhline(r["ideal_lines_per_s"] * r["target_share"], color="black", linestyle="--", label="target: 90 % of ideal")
+        ax.bar(["ideal\n(64 / 50 ms)", "bare client\n(same run)", "batch run\nphase"], values, color=[grey, grey, colour(r["met"])])
+        ax.axhline(r["bare_client_lines_per_s"] * r["target_share"], color="black", linestyle="--", label="target: 95 % of the bare client")
         ax.set_title("1. Throughput at 50 ms, concurrency 64")
         ax.set_ylabel("lines/s")
         ax.legend(loc="lower right")
@@ -162,7 +175,7 @@ def plot(results):
         ):
             ax.bar(["50,000 lines"], [best[key]], bottom=bottom, label=f"{phase} {best[key]:.1f} s", color=shade)
             bottom += best[key]
-        ax.axhline(r["params"]["lines"] / r["target"], color="black", linestyle="--", label="target: 1,000 lines/s")
+        ax.axhline(r["params"]["lines"] / r["target"], color="black", linestyle="--", label=f"target: {r['target']:,} lines/s")
         ax.set_title(f"2. Upload to completed at 0 ms: {best['lines_per_s']:,.0f} lines/s")
         ax.set_ylabel("seconds")
         ax.set_xlim(-0.5, 1.9)
@@ -212,25 +225,31 @@ def plot(results):
         ax.set_title(f"5. Worker processes on one batch ({r['params']['db']}): {r['speedup']:.2f}×")
         ax.set_ylabel("run phase lines/s")
         ax.legend(loc="lower right")
-    axes[5].axis("off")
-    notes = [f"{number}. load {load}" for number, load in ((n, summary_load(results[n], n)) for n in sorted(results))]
-    axes[5].text(
-        0,
-        1,
-        "Load average (before → after)\n" + "\n".join(notes) + f"\n\n{common.machine()['cpus']} CPUs, Python {common.machine()['python']}",
-        va="top",
-        fontsize=10,
-        family="monospace",
+    if "6" in results:
+        r, ax = results["6"], axes[5]
+        best = r["best"]
+        ax.bar(["lines/s"], [best["lines_per_s"]], color=colour(best["lines_per_s"] >= r["target"]))
+        ax.axhline(r["target"], color="black", linestyle="--", label=f"target: {r['target']:,} lines/s")
+        ax.set_title(f"6. Embeddings at 0 ms: {best['upstream_calls']:,} calls for {r['params']['lines']:,} lines")
+        ax.set_ylabel("lines/s, upload to completed")
+        ax.legend(loc="lower right")
+    notes = "; ".join(f"{number}. {load}" for number, load in ((n, summary_load(results[n], n)) for n in sorted(results)))
+    figure.text(
+        0.5,
+        0.005,
+        f"load average (before → after): {notes} — {common.machine()['cpus']} CPUs, Python {common.machine()['python']}",
+        ha="center",
+        fontsize=8,
     )
     figure.suptitle("django-openai-batches benchmarks (fake upstream in its own process; bench/run_all.py)")
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0.02, 1, 1))
     PLOT.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(PLOT, dpi=90)
     return PLOT
 
 
 def summary_load(result, number):
-    if number in ("1", "2"):
+    if number in ("1", "2", "6"):
         return load_of(result["best"])
     if number == "3":
         return load_of(result["large"])
