@@ -13,7 +13,6 @@ router.register("batches", BatchViewSet, basename="openai-batch")
 router.register("webhooks", WebhookEndpointViewSet, basename="openai-webhook-endpoint")
 
 urlpatterns = [
-    path("batches/<str:pk>/cancel", BatchViewSet.as_view({"post": "cancel"}), name="openai-batch-cancel"),
     path("", include("files_app.urls")),
     *router.urls,
     re_path(r"^.*$", api_not_found),

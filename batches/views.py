@@ -7,7 +7,9 @@ from django.http import StreamingHttpResponse
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from files_app.api import OpenAIError, OpenAIViewSet, not_found, parse_limit
+from files_app.api import OpenAIError
+from files_app.api.pagination import OpenAICursorPagination, parse_limit
+from files_app.api.viewsets import ListMixin, OpenAIViewSet, RetrieveMixin
 from files_app.models import File, FilePurpose
 
 from . import lifecycle, operations, quotas, windows
@@ -92,20 +94,18 @@ def parse_output_expires_after(value):
     return seconds
 
 
-class BatchViewSet(OpenAIViewSet):
+class BatchPagination(OpenAICursorPagination):
+    item_name = "batch"
+
+
+class BatchViewSet(ListMixin, RetrieveMixin, OpenAIViewSet):
     """/v1/batches: create, retrieve, list, cancel (OpenAI's wire format)."""
 
-    lookup_value_regex = "[^/]+"
+    object_name = "Batch"
+    pagination_class = BatchPagination
 
     def get_queryset(self):
         return Batch.objects.owned_by(self.request.user)
-
-    def get_object(self):
-        batch_id = self.kwargs["pk"]
-        batch = self.get_queryset().filter(pk=batch_id).first()
-        if batch is None:
-            raise not_found("Batch", batch_id)
-        return batch
 
     def create(self, request):
         data = request.data
@@ -196,15 +196,7 @@ class BatchViewSet(OpenAIViewSet):
             )
         return Response(existing.to_openai())
 
-    def list(self, request):
-        params = request.query_params
-        return self.paginate(
-            self.get_queryset(), after=params.get("after"), limit=params.get("limit", 20), max_limit=100, to_openai=Batch.to_openai
-        )
-
-    def retrieve(self, request, pk=None):
-        return Response(self.get_object().to_openai())
-
+    @action(detail=True, methods=["post"])
     def cancel(self, request, pk=None):
         batch = self.get_object()
         lifecycle.request_cancel(batch)

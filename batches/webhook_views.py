@@ -4,7 +4,9 @@ import logging
 
 from rest_framework.response import Response
 
-from files_app.api import OpenAIError, OpenAIViewSet, not_found
+from files_app.api import OpenAIError
+from files_app.api.pagination import OpenAICursorPagination
+from files_app.api.viewsets import ListMixin, OpenAIViewSet, RetrieveMixin
 
 from .models import WebhookEndpoint, WebhookEventType
 from .webhooks import UnsafeURL, check_url
@@ -47,20 +49,18 @@ def parse_event_types(data):
     return list(dict.fromkeys(event_types))
 
 
-class WebhookEndpointViewSet(OpenAIViewSet):
+class WebhookEndpointPagination(OpenAICursorPagination):
+    item_name = "endpoint"
+
+
+class WebhookEndpointViewSet(ListMixin, RetrieveMixin, OpenAIViewSet):
     """Create, list, retrieve and delete the caller's webhook endpoints."""
 
-    lookup_value_regex = "[^/]+"
+    object_name = "WebhookEndpoint"
+    pagination_class = WebhookEndpointPagination
 
     def get_queryset(self):
         return WebhookEndpoint.objects.owned_by(self.request.user)
-
-    def get_object(self):
-        endpoint_id = self.kwargs["pk"]
-        endpoint = self.get_queryset().filter(pk=endpoint_id).first()
-        if endpoint is None:
-            raise not_found("WebhookEndpoint", endpoint_id)
-        return endpoint
 
     def create(self, request):
         data = request.data
@@ -72,19 +72,6 @@ class WebhookEndpointViewSet(OpenAIViewSet):
         logger.info("webhook_endpoint.created endpoint_id=%s owner=%s event_types=%s", endpoint.id, request.user.pk, ",".join(event_types))
         # The only time the secret leaves the server.
         return Response(endpoint.to_openai(with_secret=True))
-
-    def list(self, request):
-        params = request.query_params
-        return self.paginate(
-            self.get_queryset(),
-            after=params.get("after"),
-            limit=params.get("limit", 20),
-            max_limit=100,
-            to_openai=WebhookEndpoint.to_openai,
-        )
-
-    def retrieve(self, request, pk=None):
-        return Response(self.get_object().to_openai())
 
     def destroy(self, request, pk=None):
         endpoint = self.get_object()

@@ -13,7 +13,6 @@ from drf_spectacular.utils import (
     OpenApiParameter,
     extend_schema,
     extend_schema_field,
-    extend_schema_serializer,
     extend_schema_view,
     inline_serializer,
 )
@@ -44,21 +43,6 @@ def errors(*statuses):
     return {**COMMON_ERRORS, **{status: ErrorResponseSerializer for status in statuses}}
 
 
-def list_of(name, item):
-    """OpenAI's cursor page: ``{object: "list", data, first_id, last_id, has_more}``."""
-
-    # many=False: a `list` action answers this envelope, not a bare array of it.
-    @extend_schema_serializer(many=False, component_name=name)
-    class Page(serializers.Serializer):
-        object = enum(["list"])
-        data = item(many=True)
-        first_id = serializers.CharField(allow_null=True)
-        last_id = serializers.CharField(allow_null=True)
-        has_more = serializers.BooleanField()
-
-    return Page
-
-
 def enum(values, **kwargs):
     """A string field limited to ``values``, described inline.
 
@@ -72,10 +56,6 @@ def enum(values, **kwargs):
         pass
 
     return EnumField(**kwargs)
-
-
-def limit_parameter(maximum, default):
-    return OpenApiParameter("limit", {"type": "integer", "minimum": 1, "maximum": maximum, "default": default}, description="Page size.")
 
 
 def path_id(description):
@@ -132,11 +112,8 @@ documented_file_views = extend_schema_view(
         summary="List files",
         parameters=[
             OpenApiParameter("purpose", OpenApiTypes.STR, description="Only files with this purpose."),
-            limit_parameter(maximum=10_000, default=10_000),
-            OpenApiParameter("order", OpenApiTypes.STR, enum=["asc", "desc"], description="By created_at (default desc)."),
-            OpenApiParameter("after", OpenApiTypes.STR, description="The id of the last file of the previous page."),
         ],
-        responses={200: list_of("ListFilesResponse", OpenAIFileSerializer), **errors(400)},
+        responses={200: OpenAIFileSerializer(many=True), **errors(400)},
     ),
     retrieve=extend_schema(
         operation_id="retrieveFile",

@@ -21,7 +21,7 @@ from rest_framework.exceptions import ParseError
 from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
 
-from .api import OpenAIError, OpenAIViewSet, not_found
+from .api import OpenAIError, OpenAIViewSet
 from .conf import app_settings
 from .models import MAX_PART_BYTES, UPLOAD_LIFETIME, File, Upload, UploadPart, UploadStatus, uploaded_file_expiry
 from .uploads import CappedTemporaryFileUploadHandler
@@ -76,17 +76,10 @@ def _state_conflict(upload, doing):
 class UploadViewSet(OpenAIViewSet):
     """/v1/uploads: create, add parts, complete, cancel (OpenAI's wire format)."""
 
-    lookup_value_regex = "[^/]+"
+    object_name = "Upload"
 
     def get_queryset(self):
         return Upload.objects.owned_by(self.request.user)
-
-    def get_object(self):
-        upload_id = self.kwargs["pk"]
-        upload = self.get_queryset().filter(pk=upload_id).first()
-        if upload is None:
-            raise not_found("Upload", upload_id)
-        return upload
 
     def get_parsers(self):
         # Parts are multipart, spooled to a temporary file under a cap; the rest is JSON.

@@ -10,7 +10,9 @@ from rest_framework.exceptions import ParseError
 from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
 
-from .api import OpenAIError, OpenAIViewSet, not_found
+from .api import OpenAIError
+from .api.pagination import OpenAICursorPagination
+from .api.viewsets import ListMixin, OpenAIViewSet, RetrieveMixin
 from .conf import app_settings
 from .models import UPLOADABLE_PURPOSES, File, FilePurpose, uploaded_file_expiry
 from .uploads import CappedTemporaryFileUploadHandler
@@ -86,20 +88,24 @@ def check_batch_filename(purpose, filename, *, param):
         raise OpenAIError("Invalid file format for Batch API. Must be .jsonl", param=param, code="invalid_file_format")
 
 
-class FileViewSet(OpenAIViewSet):
+class FilePagination(OpenAICursorPagination):
+    default_limit = max_limit = 10_000
+    order_param = "order"
+    item_name = "file"
+
+
+class FileViewSet(ListMixin, RetrieveMixin, OpenAIViewSet):
     """/v1/files: upload, list, retrieve, content, delete (OpenAI's wire format)."""
 
-    lookup_value_regex = "[^/]+"
+    object_name = "File"
+    pagination_class = FilePagination
 
     def get_queryset(self):
         return File.objects.owned_by(self.request.user).live()
 
-    def get_object(self):
-        file_id = self.kwargs["pk"]
-        obj = self.get_queryset().filter(pk=file_id).first()
-        if obj is None:
-            raise not_found("File", file_id)
-        return obj
+    def filter_queryset(self, queryset):
+        purpose = self.request.query_params.get("purpose")
+        return queryset.filter(purpose=purpose) if purpose else queryset
 
     def get_parsers(self):
         # Uploads are multipart only: DRF's FormParser would read a urlencoded body
@@ -145,26 +151,6 @@ class FileViewSet(OpenAIViewSet):
         obj.save()
         logger.info("file.created file_id=%s owner=%s purpose=%s bytes=%d", obj.id, request.user.pk, purpose, obj.bytes)
         return Response(obj.to_openai())
-
-    def list(self, request):
-        params = request.query_params
-        queryset = self.get_queryset()
-        if params.get("purpose"):
-            queryset = queryset.filter(purpose=params["purpose"])
-        order = params.get("order", "desc")
-        if order not in ("asc", "desc"):
-            raise OpenAIError("Invalid 'order': expected 'asc' or 'desc'.", param="order", code="invalid_value")
-        return self.paginate(
-            queryset,
-            order=order,
-            after=params.get("after"),
-            limit=params.get("limit", 10000),
-            max_limit=10000,
-            to_openai=File.to_openai,
-        )
-
-    def retrieve(self, request, pk=None):
-        return Response(self.get_object().to_openai())
 
     def destroy(self, request, pk=None):
         obj = self.get_object()

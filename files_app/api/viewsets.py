@@ -4,23 +4,32 @@ site's REST_FRAMEWORK settings are left alone."""
 from rest_framework import exceptions, viewsets
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.renderers import JSONRenderer
+from rest_framework.response import Response
 
 from .authentication import ApiKeyAuthentication
-from .errors import OpenAIError, exception_handler
+from .errors import OpenAIError, exception_handler, not_found
 from .negotiation import IgnoreAcceptNegotiation
-from .pagination import paginate
+from .pagination import OpenAICursorPagination
 from .parsers import OpenAIJSONParser
 from .throttling import ApiKeyRateThrottle
 
 
 class OpenAIViewSet(viewsets.GenericViewSet):
+    """Objects are the viewset's queryset (the request user's own) looked up by id;
+    they render themselves with ``to_openai()``."""
+
     authentication_classes = [ApiKeyAuthentication]
     permission_classes = [IsAuthenticated]
     throttle_classes = [ApiKeyRateThrottle]
     parser_classes = [OpenAIJSONParser]
     renderer_classes = [JSONRenderer]
     content_negotiation_class = IgnoreAcceptNegotiation
-    pagination_class = None
+    pagination_class = OpenAICursorPagination
+    filter_backends = []
+    # Ids are opaque strings (file-..., batch_...): anything but a slash.
+    lookup_value_regex = "[^/]+"
+    # The object's name in OpenAI's 404 message: "No such <object_name> object: <id>".
+    object_name = None
     # No OPTIONS: DRF's metadata for it needs serializers these views do not have.
     http_method_names = [method for method in viewsets.GenericViewSet.http_method_names if method != "options"]
 
@@ -42,6 +51,25 @@ class OpenAIViewSet(viewsets.GenericViewSet):
             raise exceptions.NotAuthenticated()
         super().permission_denied(request, message=message, code=code)
 
-    def paginate(self, queryset, **options):
-        """OpenAI's cursor list of ``queryset`` (see ``pagination.paginate``)."""
-        return paginate(queryset, **options)
+    def get_object(self):
+        object_id = self.kwargs[self.lookup_url_kwarg or self.lookup_field]
+        obj = self.get_queryset().filter(pk=object_id).first()
+        if obj is None:
+            raise not_found(self.object_name, object_id)
+        self.check_object_permissions(self.request, obj)
+        return obj
+
+
+class ListMixin:
+    """``GET /<objects>``: OpenAI's cursor list of the viewset's (filtered) queryset."""
+
+    def list(self, request):
+        page = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
+        return self.get_paginated_response([obj.to_openai() for obj in page])
+
+
+class RetrieveMixin:
+    """``GET /<objects>/<id>``."""
+
+    def retrieve(self, request, pk=None):
+        return Response(self.get_object().to_openai())
