@@ -93,11 +93,33 @@ def batch_lines(lines, owner, prefix):
     return out.getvalue()
 
 
+def upload(client, lines, owner, prefix):
+    content = io.BytesIO(batch_lines(lines, owner, prefix))
+    return client.files.create(file=(f"{prefix}.jsonl", content, "application/jsonl"), purpose="batch").id
+
+
 def submit(client, lines, owner, prefix, window="24h"):
-    upload = client.files.create(
-        file=(f"{prefix}.jsonl", io.BytesIO(batch_lines(lines, owner, prefix)), "application/jsonl"), purpose="batch"
-    )
-    return client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window=window).id
+    return client.batches.create(
+        input_file_id=upload(client, lines, owner, prefix), endpoint="/v1/chat/completions", completion_window=window
+    ).id
+
+
+def first_result(client, lines, owner, prefix, timeout=900):
+    """Upload, create, and poll every 0.1 s: seconds from the create call to the first finished
+    line, and the batch id once it is over."""
+    input_file_id = upload(client, lines, owner, prefix)
+    created = time.time()
+    batch_id = client.batches.create(input_file_id=input_file_id, endpoint="/v1/chat/completions", completion_window="24h").id
+    first_s = None
+    while True:
+        batch = client.batches.retrieve(batch_id)
+        if first_s is None and batch.request_counts.completed + batch.request_counts.failed > 0:
+            first_s = time.time() - created
+        if batch.status in TERMINAL:
+            return (first_s if first_s is not None else float("inf")), batch_id
+        if time.time() - created > timeout:
+            raise TimeoutError(f"batch {batch_id} still {batch.status} after {timeout} s")
+        time.sleep(0.1)
 
 
 def wait_terminal(client, batch_id, timeout=900, interval=0.5):
@@ -239,39 +261,39 @@ def head_of_line(upstream, args):
     upstream.configure(latency_ms=params["latency_ms"])
     with common.live_stack(upstream.base_url, concurrency=params["per_batch_cap"], db=args.db) as stack:
         clients = owners(stack)
-        alone_id = submit(clients["B"], params["b_lines"], "B", "b-alone")
-        wait_terminal(clients["B"], alone_id, interval=0.2)
+        alone_first_s, alone_id = first_result(clients["B"], params["b_lines"], "B", "b-alone")
         alone = db_times(stack, [alone_id])[alone_id]
         alone_s = alone["completed_at"] - alone["created_at"]
 
         a_ids = [submit(clients["A"], params["a_lines"], "A", f"a{i}") for i in range(params["a_batches"])]
-        submitted = time.time()
-        b_id = submit(clients["B"], params["b_lines"], "B", "b")
-        first_result_s = None
-        while True:
-            batch = clients["B"].batches.retrieve(b_id)
-            if first_result_s is None and batch.request_counts.completed + batch.request_counts.failed > 0:
-                first_result_s = time.time() - submitted
-            if batch.status in TERMINAL:
-                break
-            if time.time() - submitted > 900:
-                raise TimeoutError(f"batch {b_id} still {batch.status} after 900 s")
-            time.sleep(0.1)
+        first_result_s, b_id = first_result(clients["B"], params["b_lines"], "B", "b")
         times = db_times(stack, [b_id])[b_id]
         wall_s = times["completed_at"] - times["created_at"]
         a_done = sum(clients["A"].batches.retrieve(i).request_counts.completed for i in a_ids)
-    first_result_s = first_result_s if first_result_s is not None else float("inf")
     met = first_result_s <= 2.0 and wall_s <= 3 * alone_s
     figures = [
         ("B's first result after its submission", f"{first_result_s:.2f} s", "<= 2 s"),
         ("B's wall time (created -> completed)", f"{wall_s:.2f} s", f"<= 3x alone = {3 * alone_s:.2f} s"),
-        ("B's wall time alone", f"{alone_s:.2f} s", ""),
+        ("B's wall time alone; its first result alone", f"{alone_s:.2f} s; {alone_first_s:.2f} s", ""),
         ("ratio", f"{wall_s / alone_s:.1f}x", "<= 3x"),
+        (
+            "B created -> in_progress (validated), with A; alone",
+            f"{times['in_progress_at'] - times['created_at']:.2f} s; {alone['in_progress_at'] - alone['created_at']:.2f} s",
+            "",
+        ),
         ("A's lines done when B finished", f"{a_done:,} of {params['a_batches'] * params['a_lines']:,}", ""),
     ]
     return (
         params,
-        {"b_first_result_s": first_result_s, "b_wall_s": wall_s, "b_alone_s": alone_s, "a_lines_done_when_b_done": a_done},
+        {
+            "b_first_result_s": first_result_s,
+            "b_wall_s": wall_s,
+            "b_alone_s": alone_s,
+            "b_alone_first_result_s": alone_first_s,
+            "b_validated_s": times["in_progress_at"] - times["created_at"],
+            "b_alone_validated_s": alone["in_progress_at"] - alone["created_at"],
+            "a_lines_done_when_b_done": a_done,
+        },
         figures,
         met,
     )
