@@ -11,8 +11,8 @@ from files_app.checks import check_ttl
 from files_app.conf import SETTING_NAME
 
 from .conf import app_settings
+from .endpoints import PASS_THROUGH_ENDPOINTS
 from .quotas import QUOTA_FIELDS
-from .validation import PASS_THROUGH_ENDPOINTS
 from .windows import parse_window
 
 # django-q2 brokers that re-deliver a task `retry` seconds after it was pulled

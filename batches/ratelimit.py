@@ -25,11 +25,10 @@ import time
 from django.db import IntegrityError, transaction
 
 from .conf import app_settings
+from .endpoints import OUTPUT_TOKEN_FIELDS
 from .models import RateLimitBucket
 
 WINDOW_SECONDS = 61.0
-# Body fields that cap the output, per endpoint family (chat, responses, completions).
-OUTPUT_LIMIT_FIELDS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
 KEY_MAX_LENGTH = 255
 
 
@@ -143,7 +142,7 @@ def limiter_for(model, route):
 def estimate_tokens(body):
     """What a request counts against a TPM limit before it is sent, as OpenAI estimates
     it: its text at about four characters a token, plus the output cap times ``n``."""
-    output_cap = next((body[f] for f in OUTPUT_LIMIT_FIELDS if _positive_int(body.get(f))), 0)
+    output_cap = next((body[f] for f in OUTPUT_TOKEN_FIELDS if _positive_int(body.get(f))), 0)
     choices = body.get("n") if _positive_int(body.get("n")) else 1
     return estimate_prompt_tokens(body) + output_cap * choices
 

@@ -9,8 +9,8 @@ from rest_framework import serializers
 
 from files_app.schema import enum, errors, path_id, replace_view
 
+from .endpoints import ENDPOINTS
 from .models import Batch, BatchStatus, WebhookEndpoint, WebhookEventType
-from .validation import PASS_THROUGH_ENDPOINTS, SUPPORTED_ENDPOINTS
 from .views import MAX_METADATA_KEY, MAX_METADATA_PAIRS, MAX_METADATA_VALUE, MAX_RESULTS_LIMIT, OUTPUT_EXPIRES_AFTER_RANGE, RESULT_STATUSES
 
 
@@ -98,9 +98,7 @@ CREATE_BATCH_REQUEST = inline_serializer(
     "CreateBatchRequest",
     fields={
         "input_file_id": serializers.CharField(help_text="A file with purpose 'batch'."),
-        "endpoint": enum(
-            SUPPORTED_ENDPOINTS + PASS_THROUGH_ENDPOINTS, help_text="The images endpoints only where EXTRA_ENDPOINTS lists them."
-        ),
+        "endpoint": enum(tuple(ENDPOINTS), help_text="The images endpoints only where EXTRA_ENDPOINTS lists them."),
         "completion_window": serializers.CharField(
             help_text="'24h' (OpenAI's only value), or any value of the site's OPENAI_BATCHES['COMPLETION_WINDOWS']."
         ),

@@ -13,9 +13,9 @@ from files_app.api.viewsets import ListMixin, OpenAIViewSet, RetrieveMixin
 from files_app.models import File, FilePurpose
 
 from . import lifecycle, operations, quotas, windows
+from .endpoints import enabled_endpoints
 from .models import Batch, BatchStatus, RequestStatus
 from .output import RESULT_FIELDS, result_line
-from .validation import enabled_endpoints
 
 logger = logging.getLogger("openai_batches.api")
 
