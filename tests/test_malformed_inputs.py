@@ -131,6 +131,8 @@ API_CASES = [
     ("limit_above_max", "get", "/v1/batches?limit=101", None, None, {}, 400),
     ("limit_huge", "get", "/v1/files?limit=" + "9" * 5000, None, None, {}, 400),
     ("limit_float", "get", "/v1/files?limit=1e3", None, None, {}, 400),
+    ("limit_repeated", "get", "/v1/batches?limit=5&limit=1", None, None, {}, 400),
+    ("after_repeated", "get", "/v1/files?after=file-a&after=file-b", None, None, {}, 400),
     ("order_sideways", "get", "/v1/files?order=sideways", None, None, {}, 400),
     ("after_nul", "get", "/v1/files?after=file-%00", None, None, {}, 400),
     ("purpose_nul", "get", "/v1/files?purpose=%00", None, None, {}, 400),

@@ -44,6 +44,10 @@ class OpenAIViewSet(viewsets.GenericViewSet):
             if "\x00" in name or any("\x00" in str(value) for value in values):
                 param = name.replace("\x00", "")
                 raise OpenAIError(f"Invalid '{param}': contains a NUL character.", param=param, code="invalid_value")
+            # Every query parameter of the API takes one value: ?limit=1&limit=5 would
+            # otherwise be answered for the last one while the schema says "an integer".
+            if len(values) > 1:
+                raise OpenAIError(f"Invalid '{name}': expected a single value, got {len(values)}.", param=name, code="invalid_value")
 
     def permission_denied(self, request, message=None, code=None):
         # Unauthenticated requests are 401 (DRF would pick 403 in some cases).
