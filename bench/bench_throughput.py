@@ -16,7 +16,9 @@ def measure(args, during=None):
     ideal = args.concurrency / (args.latency_ms / 1000)
     runs = []
     with common.UpstreamProcess(latency_ms=args.latency_ms) as upstream:
-        baseline = common.bare_client_rate(upstream.base_url, args.concurrency, args.lines)
+        # The bare client runs before and after the batch, and the better figure counts:
+        # on a shared machine, the ceiling must not be taken in a moment of contention.
+        bare_runs = [common.bare_client_rate(upstream.base_url, args.concurrency, args.lines)]
         for _ in range(args.repeat):
             with common.live_stack(
                 upstream.base_url,
@@ -34,12 +36,15 @@ def measure(args, during=None):
                 stats = upstream.stats()
                 run["lines_per_s"] = args.lines / run["run_s"]
                 run["share_of_ideal"] = run["lines_per_s"] / ideal
-                run["share_of_bare_client"] = run["lines_per_s"] / baseline
                 run["end_to_end_lines_per_s"] = args.lines / run["upload_to_completed_s"]
                 run["upstream_max_in_flight"] = stats["max_in_flight"]
                 run["upstream_requests"] = stats["requests_total"]
                 run["load_before"], run["load_after"] = load_before, common.load_average()
                 runs.append(run)
+        bare_runs.append(common.bare_client_rate(upstream.base_url, args.concurrency, args.lines))
+    baseline = max(bare_runs)
+    for run in runs:
+        run["share_of_bare_client"] = run["lines_per_s"] / baseline
     best = max(runs, key=lambda run: run["lines_per_s"])
     return {
         "params": {
@@ -52,6 +57,7 @@ def measure(args, during=None):
         },
         "ideal_lines_per_s": ideal,
         "bare_client_lines_per_s": baseline,
+        "bare_client_runs": bare_runs,
         "runs": runs,
         "best": best,
         "target_share": TARGET_SHARE,

@@ -233,6 +233,9 @@ def plot(results):
         ax.set_title(f"6. Embeddings at 0 ms: {best['upstream_calls']:,} calls for {r['params']['lines']:,} lines")
         ax.set_ylabel("lines/s, upload to completed")
         ax.legend(loc="lower right")
+    for number, ax in zip(sorted(BENCHMARKS), axes):
+        if number not in results:
+            ax.axis("off")  # not run (yet): no empty frame
     notes = "; ".join(f"{number}. {load}" for number, load in ((n, summary_load(results[n], n)) for n in sorted(results)))
     figure.text(
         0.5,
