@@ -11,7 +11,7 @@ from files_app.checks import check_ttl
 from files_app.conf import SETTING_NAME
 
 from .conf import app_settings
-from .endpoints import PASS_THROUGH_ENDPOINTS
+from .endpoints import ENDPOINTS, PASS_THROUGH_ENDPOINTS
 from .quotas import QUOTA_FIELDS
 from .windows import parse_window
 
@@ -53,6 +53,7 @@ def check_settings(app_configs, **kwargs):
                 id="openai_batches.W001",
             )
         )
+    messages.extend(check_endpoint_routes(app_settings.MODELS))
     return messages
 
 
@@ -134,6 +135,26 @@ def check_extra_endpoints():
             id="openai_batches.E013",
         )
     ]
+
+
+def check_endpoint_routes(table):
+    """A MODELS entry's "endpoints" maps batch endpoints to routes (dicts); anything else would be ignored."""
+    endpoints = tuple(ENDPOINTS)
+    errors = []
+    for model, entry in table.items() if isinstance(table, dict) else ():
+        routes = entry.get("endpoints") if isinstance(entry, dict) else None
+        if routes is None:
+            continue
+        valid = isinstance(routes, dict) and all(name in endpoints and isinstance(route, dict) for name, route in routes.items())
+        if not valid:
+            errors.append(
+                Error(
+                    f"{SETTING_NAME}['MODELS'][{model!r}]['endpoints'] must map batch endpoints to routes, got {routes!r}.",
+                    hint=f'e.g. {{"/v1/embeddings": {{"base_url": "http://10.0.0.2/v1"}}}}; endpoints: {", ".join(endpoints)}.',
+                    id="openai_batches.E031",
+                )
+            )
+    return errors
 
 
 def upstream_configured():

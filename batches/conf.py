@@ -24,7 +24,8 @@ DEFAULTS = {
     # inputs per call (batches/bundling.py); 1 sends every line on its own.
     "EMBEDDINGS_BUNDLE_SIZE": 32,
     # Optional allow-list / routing table: {"model-id": {"base_url": ..., "api_key": ...}}
-    # or a list of model ids. When None, the upstream's /v1/models decides.
+    # or a list of model ids. When None, the upstream's /v1/models decides. An entry's
+    # "endpoints": {"/v1/embeddings": {"base_url": ...}} routes one endpoint elsewhere.
     "MODELS": None,
     # --- Concurrency (cluster-wide, enforced through the database) ---
     "MAX_CONCURRENT_BATCHES": 4,

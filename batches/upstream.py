@@ -37,13 +37,17 @@ class Route:
     api_key: str
 
 
-def route_for(model):
-    """Where requests for ``model`` go: the MODELS routing table, else the default upstream."""
+def route_for(model, endpoint=None):
+    """Where ``endpoint`` requests for ``model`` go: the model's MODELS routing-table entry
+    (or its ``endpoints[endpoint]`` override), else the default upstream."""
     table = app_settings.MODELS
-    if isinstance(table, dict) and isinstance(table.get(model), dict):
-        entry = table[model]
-        return Route(entry.get("base_url") or default_base_url(), entry.get("api_key", app_settings.UPSTREAM_API_KEY))
-    return Route(default_base_url(), app_settings.UPSTREAM_API_KEY)
+    entry = table.get(model) if isinstance(table, dict) else None
+    if not isinstance(entry, dict):
+        return Route(default_base_url(), app_settings.UPSTREAM_API_KEY)
+    override = (entry.get("endpoints") or {}).get(endpoint)
+    if isinstance(override, dict):
+        entry = {**entry, **override}
+    return Route(entry.get("base_url") or default_base_url(), entry.get("api_key", app_settings.UPSTREAM_API_KEY))
 
 
 def default_base_url():

