@@ -194,15 +194,19 @@ class Bundler:
         task.add_done_callback(self.sending.discard)
 
     async def _deliver(self, bundle):
+        # Rows given up while the bundle waited (cancel, shutdown) are not sent at all.
+        rows = [(body, future) for body, future in zip(bundle.bodies, bundle.futures, strict=True) if not future.done()]
+        if not rows:
+            return
         try:
-            outcomes = await send_bundle(bundle.call, bundle.bodies)
+            outcomes = await send_bundle(bundle.call, [body for body, _ in rows])
         except Exception as exc:  # a bug, or the client closed under us: each row's sender sees it
-            for future in bundle.futures:
+            for _, future in rows:
                 if not future.done():
                     future.set_exception(exc)
             return
-        for future, outcome in zip(bundle.futures, outcomes, strict=True):
-            if not future.done():  # a row given up meanwhile (cancel, shutdown) is simply dropped
+        for (_, future), outcome in zip(rows, outcomes, strict=True):
+            if not future.done():  # a row given up while the call was out is simply dropped
                 future.set_result(outcome)
 
 

@@ -284,6 +284,20 @@ def test_a_row_given_up_while_its_bundle_is_out_leaves_the_others_their_answers(
     assert embedding_calls(upstream) == 1
 
 
+def test_rows_given_up_before_their_bundle_leaves_are_not_sent(upstream):
+    async def scenario(client):
+        rows = [asyncio.ensure_future(upstream_api.send(client, EMBEDDINGS, body(text))) for text in ("a", "b", "c")]
+        await asyncio.sleep(0)  # each row joins the open bundle
+        rows[0].cancel()
+        rows[2].cancel()
+        return await asyncio.gather(*rows, return_exceptions=True)
+
+    first, second, third = run(scenario, upstream.base_url)
+    assert isinstance(first, asyncio.CancelledError) and isinstance(third, asyncio.CancelledError)
+    assert second.kind == "succeeded"
+    assert upstream.stats()["content_counts"] == {"b": 1}  # only the row still waiting went out, alone
+
+
 class ShortAnswerClient:
     """Answers a bundle with one vector too few; single lines correctly."""
 
