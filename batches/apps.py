@@ -18,5 +18,3 @@ class BatchesConfig(AppConfig):
         from .webhooks import queue_batch_event
 
         batch_finished.connect(queue_batch_event, dispatch_uid="batches.webhooks.queue_batch_event")
-        if self.apps.is_installed("django.contrib.admin"):
-            from . import webhook_admin  # noqa: F401  (registers the webhook models)

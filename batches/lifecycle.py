@@ -18,21 +18,11 @@ from django.utils import timezone
 
 from . import windows
 from .conf import app_settings
-from .models import CANCELLABLE_STATUSES, TERMINAL_STATUSES, Batch, BatchStatus
+from .models import CANCELLABLE_STATUSES, STATUS_TIMESTAMP_FIELDS, TERMINAL_STATUSES, Batch, BatchStatus
 from .queue import enqueue
 from .signals import batch_finished, batch_status_changed
 
 logger = logging.getLogger("openai_batches.lifecycle")
-
-TIMESTAMP_FIELD = {
-    BatchStatus.IN_PROGRESS: "in_progress_at",
-    BatchStatus.FINALIZING: "finalizing_at",
-    BatchStatus.COMPLETED: "completed_at",
-    BatchStatus.FAILED: "failed_at",
-    BatchStatus.EXPIRED: "expired_at",
-    BatchStatus.CANCELLING: "cancelling_at",
-    BatchStatus.CANCELLED: "cancelled_at",
-}
 
 
 def worker_id():
@@ -43,7 +33,7 @@ def worker_id():
 def transition(batch_id, from_statuses, to_status, **fields):
     """Move a batch from one of ``from_statuses`` to ``to_status``; True if this call did it."""
     now = timezone.now()
-    stamp = TIMESTAMP_FIELD.get(to_status)
+    stamp = STATUS_TIMESTAMP_FIELDS[to_status] if to_status != BatchStatus.VALIDATING else None
     if stamp:
         fields.setdefault(stamp, now)
     for from_status in from_statuses:

@@ -51,6 +51,17 @@ class BatchStatus(models.TextChoices):
 
 
 TERMINAL_STATUSES = (BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.EXPIRED, BatchStatus.CANCELLED)
+# The column stamped when a batch enters each status (``validating``: ``created_at``).
+STATUS_TIMESTAMP_FIELDS = {
+    BatchStatus.VALIDATING: "created_at",
+    BatchStatus.IN_PROGRESS: "in_progress_at",
+    BatchStatus.CANCELLING: "cancelling_at",
+    BatchStatus.FINALIZING: "finalizing_at",
+    BatchStatus.COMPLETED: "completed_at",
+    BatchStatus.FAILED: "failed_at",
+    BatchStatus.EXPIRED: "expired_at",
+    BatchStatus.CANCELLED: "cancelled_at",
+}
 CANCELLABLE_STATUSES = (BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS)
 
 
@@ -129,6 +140,14 @@ class Batch(models.Model):
     def is_terminal(self):
         return self.status in TERMINAL_STATUSES
 
+    def entered_at(self, status):
+        """When the batch entered ``status`` (None if it never did)."""
+        return getattr(self, STATUS_TIMESTAMP_FIELDS[status])
+
+    @property
+    def ended_at(self):
+        return next((self.entered_at(status) for status in TERMINAL_STATUSES if self.entered_at(status)), None)
+
     def request_counts(self):
         return {"total": self.total_requests, "completed": self.completed_requests, "failed": self.failed_requests}
 
@@ -166,9 +185,6 @@ class RequestStatus(models.TextChoices):
     FAILED = "failed"
     CANCELLED = "cancelled"
     EXPIRED = "expired"
-
-
-FINISHED_REQUEST_STATUSES = (RequestStatus.SUCCEEDED, RequestStatus.FAILED, RequestStatus.CANCELLED, RequestStatus.EXPIRED)
 
 
 class BatchRequestQuerySet(models.QuerySet):

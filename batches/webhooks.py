@@ -192,7 +192,7 @@ def queue_event(batch):
     if not endpoints:
         return []
     event_id = make_id("evt_", 16)
-    finished_at = getattr(batch, f"{batch.status}_at") or timezone.now()
+    finished_at = batch.entered_at(batch.status) or timezone.now()
     payload = json.dumps(
         {"id": event_id, "object": "event", "type": event_type, "created_at": to_unix(finished_at), "data": {"id": batch.id}},
         separators=(",", ":"),

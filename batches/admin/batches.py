@@ -1,18 +1,8 @@
-"""The operator console: watch batches, find out why lines failed, and act.
+"""``BatchAdmin``: batches are never added or edited here; the actions (``actions.py``) act on them."""
 
-Everything a worker wrote is read-only here. The actions (cancel, retry the
-failed lines, re-run) go through ``batches.operations`` and so through the
-same lifecycle code as the API; each shows a confirmation page first and
-needs the ``change`` permission, so view-only staff can look but not act.
-"""
-
-import json
-from datetime import timedelta
-from urllib.parse import urlencode
-
-from django.contrib import admin, messages
-from django.contrib.admin.utils import quote, unquote
-from django.db.models import Count, Exists, OuterRef, Q
+from django.contrib import admin
+from django.contrib.admin.utils import unquote
+from django.db.models import Count, Q
 from django.template.defaultfilters import filesizeformat
 from django.template.loader import render_to_string
 from django.urls import NoReverseMatch, reverse
@@ -20,67 +10,15 @@ from django.utils import timezone
 from django.utils.formats import date_format
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
-from django.utils.timesince import timesince
 from django_q.models import Task
 
-from files_app.admin import admin_change_link, confirmation_page, file_download_url, report_refused
+from files_app.admin import admin_change_link, file_download_url
 from files_app.models import File
 
-from . import operations
-from .conf import app_settings
-from .models import Batch, BatchRequest, BatchStatus
-
-ENDED_AT_FIELDS = ("completed_at", "failed_at", "expired_at", "cancelled_at")
-TIMELINE_FIELDS = (
-    ("created_at", "created"),
-    ("in_progress_at", "in progress"),
-    ("cancelling_at", "cancelling"),
-    ("finalizing_at", "finalizing"),
-    ("completed_at", "completed"),
-    ("failed_at", "failed"),
-    ("expired_at", "expired"),
-    ("cancelled_at", "cancelled"),
-)
-
-
-def status_badge(status):
-    return format_html('<span class="ob-status ob-status-{}">{}</span>', status, status.replace("_", " "))
-
-
-def format_duration(seconds):
-    seconds = int(max(0, seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, seconds = divmod(rest, 60)
-    if hours:
-        return f"{hours}h {minutes:02d}m"
-    if minutes:
-        return f"{minutes}m {seconds:02d}s"
-    return f"{seconds}s"
-
-
-def age(moment):
-    if timezone.now() - moment < timedelta(minutes=1):
-        return "just now"
-    return f"{timesince(moment)} ago"
-
-
-def pretty_json(value):
-    if value is None:
-        return "—"
-    return format_html('<pre class="ob-json">{}</pre>', json.dumps(value, indent=2, ensure_ascii=False))
-
-
-def changelist_url(model, site_name, **params):
-    opts = model._meta
-    url = reverse(f"{site_name}:{opts.app_label}_{opts.model_name}_changelist")
-    return f"{url}?{urlencode(params)}" if params else url
-
-
-def batch_ended_at(batch):
-    return next((getattr(batch, name) for name in ENDED_AT_FIELDS if getattr(batch, name)), None)
-
-
-# --- Batch ---------------------------------------------------------------------------
+from .. import operations
+from ..models import STATUS_TIMESTAMP_FIELDS, Batch, BatchRequest, BatchStatus
+from . import actions
+from .display import age, changelist_url, format_duration, status_badge
 
 
 class LineageFilter(admin.SimpleListFilter):
@@ -117,7 +55,7 @@ class BatchAdmin(admin.ModelAdmin):
     ordering = ("-created_at",)
     list_per_page = 50
     empty_value_display = "—"
-    actions = ["cancel_batches", "retry_failed_requests", "rerun_batches"]
+    actions = [actions.cancel_batches, actions.retry_failed_requests, actions.rerun_batches]
     fieldsets = (
         (None, {"fields": ("id", "status_badge", "owner", "endpoint", "model", "completion_window", "lineage", "idempotency_key")}),
         ("Progress", {"fields": ("progress", "counts", "request_links", "usage_table")}),
@@ -228,7 +166,7 @@ class BatchAdmin(admin.ModelAdmin):
 
     @admin.display(description="duration")
     def duration(self, obj):
-        ended = batch_ended_at(obj)
+        ended = obj.ended_at
         if ended:
             return format_duration((ended - obj.created_at).total_seconds())
         return format_html('<span class="ob-running">{} …</span>', format_duration((timezone.now() - obj.created_at).total_seconds()))
@@ -243,8 +181,8 @@ class BatchAdmin(admin.ModelAdmin):
             if original is None:
                 parts.append(format_html("Retry of {} (deleted)", obj.retry_of_id))
             else:
-                parts.append(format_html("{} of {} ({})", self._retry_kind(obj, original), self._link(original), original.status))
-        retries = [(self._link(retry), self._retry_kind(retry, obj).lower(), retry.status) for retry in obj.retries.order_by("created_at")]
+                parts.append(format_html("{} of {} ({})", self._retry_kind(obj, original), self.link(original), original.status))
+        retries = [(self.link(retry), self._retry_kind(retry, obj).lower(), retry.status) for retry in obj.retries.order_by("created_at")]
         if retries:
             parts.append(format_html("Retried as: {}", format_html_join(", ", "{} ({}, {})", retries)))
         return format_html_join(mark_safe("<br>"), "{}", ((part,) for part in parts)) if parts else "—"
@@ -253,7 +191,7 @@ class BatchAdmin(admin.ModelAdmin):
     def _retry_kind(retry, original):
         return "Re-run" if retry.input_file_id == original.input_file_id else "Retry of the failed lines"
 
-    def _link(self, batch):
+    def link(self, batch):
         return admin_change_link(batch, site_name=self.admin_site.name)
 
     @admin.display(description="browse requests")
@@ -319,12 +257,16 @@ class BatchAdmin(admin.ModelAdmin):
 
     @admin.display(description="status history")
     def timeline(self, obj):
-        stamps = sorted(((getattr(obj, name), label) for name, label in TIMELINE_FIELDS if getattr(obj, name)), key=lambda s: s[0])
+        entered = ((obj.entered_at(status), status) for status in STATUS_TIMESTAMP_FIELDS if obj.entered_at(status))
+        stamps = sorted(
+            ((at, "created" if status == BatchStatus.VALIDATING else status.replace("_", " ")) for at, status in entered),
+            key=lambda s: s[0],
+        )
         rows = [
             {"label": label, "at": at, "offset": f"+{format_duration((at - obj.created_at).total_seconds())}" if i else ""}
             for i, (at, label) in enumerate(stamps)
         ]
-        ended = batch_ended_at(obj)
+        ended = obj.ended_at
         context = {"rows": rows, "expires_at": obj.expires_at, "expired": obj.expires_at and obj.expires_at <= timezone.now()}
         context["total"] = format_duration(((ended or timezone.now()) - obj.created_at).total_seconds())
         context["running"] = ended is None
@@ -396,252 +338,3 @@ class BatchAdmin(admin.ModelAdmin):
             **(extra_context or {}),
         }
         return super().change_view(request, object_id, form_url, context)
-
-    # --- actions ---
-
-    @admin.action(description="Cancel selected batches", permissions=["change"])
-    def cancel_batches(self, request, queryset):
-        eligible, refused = [], []
-        for batch in queryset:
-            refusal = operations.cancel_refusal(batch)
-            if refusal:
-                refused.append((batch, refusal))
-            else:
-                eligible.append(
-                    (batch, f"{batch.status}, {batch.completed_requests + batch.failed_requests} of {batch.total_requests} done")
-                )
-        if request.POST.get("post") == "yes":
-            done, missed = [], []
-            for batch, _ in eligible:
-                (done if operations.cancel(batch, request.user) else missed).append(batch)
-            if done:
-                self.message_user(
-                    request,
-                    f"Cancelling {len(done)} batch{'es' if len(done) != 1 else ''}: {', '.join(b.id for b in done)}.",
-                    messages.SUCCESS,
-                )
-            report_refused(self, request, "cancelled", refused + [(batch, "its status changed meanwhile") for batch in missed])
-            return None
-        if not eligible:
-            report_refused(self, request, "cancelled", refused)
-            return None
-        return confirmation_page(
-            self,
-            request,
-            action="cancel_batches",
-            question="Cancel these batches?",
-            consequence="Workers stop sending their requests; finished results are kept in the output and error files.",
-            button="Yes, cancel them",
-            eligible=eligible,
-            refused=refused,
-        )
-
-    @admin.action(description="Retry failed requests of selected batches (as new batches)", permissions=["change"])
-    def retry_failed_requests(self, request, queryset):
-        statuses = operations.RETRYABLE_REQUEST_STATUSES
-        annotated = queryset.annotate(retryable=Count("requests", filter=Q(requests__status__in=statuses)))
-        eligible, refused = [], []
-        for batch in annotated:
-            refusal = operations.retry_refusal(batch, retryable_count=batch.retryable)
-            if refusal:
-                refused.append((batch, refusal))
-            else:
-                earlier = f"; already retried {batch.retries.count()}×" if batch.retries.exists() else ""
-                eligible.append(
-                    (batch, f"{batch.status}: {batch.retryable} failed, cancelled or expired of {batch.total_requests}{earlier}")
-                )
-        return self._confirm_then_create(
-            request,
-            eligible,
-            refused,
-            create=operations.retry_failed_requests,
-            created_label="Retrying the failed requests",
-            refused_verb="retried",
-            action="retry_failed_requests",
-            question="Retry the failed, cancelled and expired requests of these batches?",
-            consequence="Each gets a new batch for the same owner, endpoint and metadata, linked to it, which is "
-            "validated and run as usual.",
-            button="Yes, retry them",
-        )
-
-    @admin.action(description="Re-run selected failed batches with the same input", permissions=["change"])
-    def rerun_batches(self, request, queryset):
-        live_input = File.objects.live().filter(pk=OuterRef("input_file_id"), owner_id=OuterRef("owner_id"))
-        eligible, refused = [], []
-        for batch in queryset.annotate(input_exists=Exists(live_input)):
-            refusal = operations.rerun_refusal(batch, input_file_exists=batch.input_exists)
-            if refusal:
-                refused.append((batch, refusal))
-            else:
-                first_error = (batch.errors or [{}])[0]
-                eligible.append((batch, f"failed: {first_error.get('code', 'unknown')} — {first_error.get('message', '')}"))
-        return self._confirm_then_create(
-            request,
-            eligible,
-            refused,
-            create=operations.rerun,
-            created_label="Re-running",
-            refused_verb="re-run",
-            action="rerun_batches",
-            question="Re-run these failed batches with the same input file?",
-            consequence="Use this when a batch failed for a reason outside its input, e.g. the upstream was unreachable during validation.",
-            button="Yes, re-run them",
-        )
-
-    def _confirm_then_create(self, request, eligible, refused, *, create, created_label, refused_verb, **page):
-        """Shared flow of the actions that create new batches: confirmation page first,
-        then ``create(batch, user)`` for each eligible batch, reporting what was refused."""
-        if request.POST.get("post") == "yes":
-            created = []
-            for batch, _ in eligible:
-                try:
-                    created.append((create(batch, request.user), batch))
-                except operations.NotAllowed as exc:
-                    refused.append((batch, str(exc)))
-            self._report_created(request, created, created_label)
-            report_refused(self, request, refused_verb, refused)
-            return None
-        if not eligible:
-            report_refused(self, request, refused_verb, refused)
-            return None
-        return confirmation_page(self, request, eligible=eligible, refused=refused, **page)
-
-    def _report_created(self, request, created, what):
-        if created:
-            items = format_html_join(", ", "{} as {}", ((original.id, self._link(new)) for new, original in created))
-            self.message_user(request, format_html("{}: {}.", what, items), messages.SUCCESS)
-
-
-# --- BatchRequest ------------------------------------------------------------------------
-
-
-class BatchFilter(admin.SimpleListFilter):
-    """Filter by batch without listing every batch: the chosen one and the newest few."""
-
-    title = "batch"
-    parameter_name = "batch"
-    recent = 10
-
-    def lookups(self, request, model_admin):
-        ids = list(Batch.objects.order_by("-created_at").values_list("pk", flat=True)[: self.recent])
-        if self.value() and self.value() not in ids:
-            ids.insert(0, self.value())
-        return [(pk, pk) for pk in ids]
-
-    def queryset(self, request, queryset):
-        return queryset.filter(batch_id=self.value()) if self.value() else queryset
-
-
-class StatusCodeFilter(admin.SimpleListFilter):
-    title = "HTTP status"
-    parameter_name = "http_status"
-    classes = {"2xx": (200, 299), "4xx": (400, 499), "5xx": (500, 599)}
-
-    def lookups(self, request, model_admin):
-        return [("2xx", "2xx"), ("429", "429 rate limited"), ("4xx", "4xx"), ("5xx", "5xx"), ("none", "no response")]
-
-    def queryset(self, request, queryset):
-        value = self.value()
-        if value == "none":
-            return queryset.filter(status_code__isnull=True)
-        if value in self.classes:
-            low, high = self.classes[value]
-            return queryset.filter(status_code__gte=low, status_code__lte=high)
-        if value and value.isdigit():
-            return queryset.filter(status_code=int(value))
-        return queryset
-
-
-class AttemptsFilter(admin.SimpleListFilter):
-    title = "attempts"
-    parameter_name = "attempts"
-
-    def lookups(self, request, model_admin):
-        most = app_settings.MAX_ATTEMPTS
-        return [(str(n), str(n)) for n in range(most)] + [(f"{most}+", f"{most} or more")]
-
-    def queryset(self, request, queryset):
-        value = self.value() or ""
-        if value.endswith("+") and value[:-1].isdigit():
-            return queryset.filter(attempts__gte=int(value[:-1]))
-        if value.isdigit():
-            return queryset.filter(attempts=int(value))
-        return queryset
-
-
-@admin.register(BatchRequest)
-class BatchRequestAdmin(admin.ModelAdmin):
-    list_display = ("line", "custom_id", "batch_link", "status_badge", "status_code", "attempts", "took")
-    list_display_links = ("line", "custom_id")
-    list_filter = (BatchFilter, "status", StatusCodeFilter, AttemptsFilter)
-    search_fields = ("=custom_id",)
-    search_help_text = "Exact custom_id."
-    list_per_page = 100
-    # Counting every row of a big table on each page load is what makes admins slow.
-    show_full_result_count = False
-    fieldsets = (
-        (None, {"fields": ("batch_link", "line", "custom_id", "public_id", "status_badge", "attempts")}),
-        ("Request", {"fields": ("body_json",)}),
-        ("Result", {"fields": ("status_code", "upstream_request_id", "response_json", "error_json", "usage")}),
-        ("Timings", {"fields": ("started_at", "finished_at", "took", "not_before", "lease_owner", "lease_expires_at")}),
-    )
-    readonly_fields = [name for _, options in fieldsets for name in options["fields"]]
-
-    class Media:
-        css = {"all": ["batches/admin.css"]}
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
-    def get_queryset(self, request):
-        queryset = super().get_queryset(request)
-        if request.resolver_match and request.resolver_match.url_name.endswith("_changelist"):
-            # The list shows none of the JSON payloads; a page of 100 rows need not load them.
-            queryset = queryset.defer("body", "response_body", "error")
-        return queryset
-
-    @admin.display(description="batch", ordering="batch")
-    def batch_link(self, obj):
-        # The id is on the row: linking to it costs no query.
-        try:
-            url = reverse(f"{self.admin_site.name}:batches_batch_change", args=[quote(obj.batch_id)])
-        except NoReverseMatch:
-            return obj.batch_id
-        return format_html('<a href="{}">{}</a>', url, obj.batch_id)
-
-    @admin.display(description="status", ordering="status")
-    def status_badge(self, obj):
-        return status_badge(obj.status)
-
-    @admin.display(description="id in output")
-    def public_id(self, obj):
-        return obj.public_id
-
-    @admin.display(description="took")
-    def took(self, obj):
-        if obj.started_at and obj.finished_at:
-            return f"{(obj.finished_at - obj.started_at).total_seconds():.2f}s"
-        return "—"
-
-    @admin.display(description="usage")
-    def usage(self, obj):
-        usage = obj.response_body.get("usage") if isinstance(obj.response_body, dict) else None
-        return pretty_json(usage)
-
-    @admin.display(description="body")
-    def body_json(self, obj):
-        return pretty_json(obj.body)
-
-    @admin.display(description="response body")
-    def response_json(self, obj):
-        return pretty_json(obj.response_body)
-
-    @admin.display(description="error")
-    def error_json(self, obj):
-        return pretty_json(obj.error)

@@ -1,11 +1,13 @@
-"""Admin for webhook endpoints and the delivery log (imported from BatchesConfig.ready)."""
+"""Admin for webhook endpoints and the delivery log."""
 
 from django import forms
 from django.contrib import admin, messages
 from django.utils.text import Truncator
 
-from . import webhooks
-from .models import WebhookDelivery, WebhookEndpoint, WebhookEventType
+from files_app.admin import ReadOnlyAdmin
+
+from .. import webhooks
+from ..models import WebhookDelivery, WebhookEndpoint, WebhookEventType
 
 
 class WebhookEndpointForm(forms.ModelForm):
@@ -46,7 +48,7 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
 
 
 @admin.register(WebhookDelivery)
-class WebhookDeliveryAdmin(admin.ModelAdmin):
+class WebhookDeliveryAdmin(ReadOnlyAdmin):
     """The delivery log: one row per attempt, read-only, with a resend action."""
 
     list_display = (
@@ -68,12 +70,6 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
     list_select_related = ("endpoint",)
     date_hierarchy = "created_at"
     actions = ["resend"]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
 
     def has_resend_permission(self, request):
         return request.user.has_perm("batches.change_webhookdelivery")

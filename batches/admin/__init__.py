@@ -1,0 +1,11 @@
+"""The operator console (found by admin autodiscovery): watch batches, find out why
+lines failed, and act. Everything a worker wrote is read-only here; the actions
+(``actions.py``) go through ``batches.operations``, so through the same lifecycle
+code as the API, and need the ``change`` permission: view-only staff can look but
+not act.
+
+* ``batches``: ``BatchAdmin``; ``actions``: its actions; ``requests``: ``BatchRequestAdmin``;
+* ``webhooks``: endpoints and the delivery log; ``display``: shared HTML helpers.
+"""
+
+from . import batches, requests, webhooks  # noqa: F401  (each registers its models)

@@ -1,0 +1,126 @@
+"""The batch admin's actions: cancel, retry the failed lines, re-run. Each goes
+through ``batches.operations`` (the same lifecycle code as the API), shows a
+confirmation page first and needs the ``change`` permission."""
+
+from django.contrib import admin, messages
+from django.db.models import Count, Exists, OuterRef, Q
+from django.utils.html import format_html, format_html_join
+
+from files_app.admin import confirmation_page, report_refused
+from files_app.models import File
+
+from .. import operations
+
+
+@admin.action(description="Cancel selected batches", permissions=["change"])
+def cancel_batches(modeladmin, request, queryset):
+    eligible, refused = [], []
+    for batch in queryset:
+        refusal = operations.cancel_refusal(batch)
+        if refusal:
+            refused.append((batch, refusal))
+        else:
+            eligible.append((batch, f"{batch.status}, {batch.completed_requests + batch.failed_requests} of {batch.total_requests} done"))
+    if request.POST.get("post") == "yes":
+        done, missed = [], []
+        for batch, _ in eligible:
+            (done if operations.cancel(batch, request.user) else missed).append(batch)
+        if done:
+            modeladmin.message_user(
+                request,
+                f"Cancelling {len(done)} batch{'es' if len(done) != 1 else ''}: {', '.join(b.id for b in done)}.",
+                messages.SUCCESS,
+            )
+        report_refused(modeladmin, request, "cancelled", refused + [(batch, "its status changed meanwhile") for batch in missed])
+        return None
+    if not eligible:
+        report_refused(modeladmin, request, "cancelled", refused)
+        return None
+    return confirmation_page(
+        modeladmin,
+        request,
+        action="cancel_batches",
+        question="Cancel these batches?",
+        consequence="Workers stop sending their requests; finished results are kept in the output and error files.",
+        button="Yes, cancel them",
+        eligible=eligible,
+        refused=refused,
+    )
+
+
+@admin.action(description="Retry failed requests of selected batches (as new batches)", permissions=["change"])
+def retry_failed_requests(modeladmin, request, queryset):
+    statuses = operations.RETRYABLE_REQUEST_STATUSES
+    annotated = queryset.annotate(retryable=Count("requests", filter=Q(requests__status__in=statuses)))
+    eligible, refused = [], []
+    for batch in annotated:
+        refusal = operations.retry_refusal(batch, retryable_count=batch.retryable)
+        if refusal:
+            refused.append((batch, refusal))
+        else:
+            earlier = f"; already retried {batch.retries.count()}×" if batch.retries.exists() else ""
+            eligible.append((batch, f"{batch.status}: {batch.retryable} failed, cancelled or expired of {batch.total_requests}{earlier}"))
+    return _confirm_then_create(
+        modeladmin,
+        request,
+        eligible,
+        refused,
+        create=operations.retry_failed_requests,
+        created_label="Retrying the failed requests",
+        refused_verb="retried",
+        action="retry_failed_requests",
+        question="Retry the failed, cancelled and expired requests of these batches?",
+        consequence="Each gets a new batch for the same owner, endpoint and metadata, linked to it, which is validated and run as usual.",
+        button="Yes, retry them",
+    )
+
+
+@admin.action(description="Re-run selected failed batches with the same input", permissions=["change"])
+def rerun_batches(modeladmin, request, queryset):
+    live_input = File.objects.live().filter(pk=OuterRef("input_file_id"), owner_id=OuterRef("owner_id"))
+    eligible, refused = [], []
+    for batch in queryset.annotate(input_exists=Exists(live_input)):
+        refusal = operations.rerun_refusal(batch, input_file_exists=batch.input_exists)
+        if refusal:
+            refused.append((batch, refusal))
+        else:
+            first_error = (batch.errors or [{}])[0]
+            eligible.append((batch, f"failed: {first_error.get('code', 'unknown')} — {first_error.get('message', '')}"))
+    return _confirm_then_create(
+        modeladmin,
+        request,
+        eligible,
+        refused,
+        create=operations.rerun,
+        created_label="Re-running",
+        refused_verb="re-run",
+        action="rerun_batches",
+        question="Re-run these failed batches with the same input file?",
+        consequence="Use this when a batch failed for a reason outside its input, e.g. the upstream was unreachable during validation.",
+        button="Yes, re-run them",
+    )
+
+
+def _confirm_then_create(modeladmin, request, eligible, refused, *, create, created_label, refused_verb, **page):
+    """Shared flow of the actions that create new batches: confirmation page first,
+    then ``create(batch, user)`` for each eligible batch, reporting what was refused."""
+    if request.POST.get("post") == "yes":
+        created = []
+        for batch, _ in eligible:
+            try:
+                created.append((create(batch, request.user), batch))
+            except operations.NotAllowed as exc:
+                refused.append((batch, str(exc)))
+        _report_created(modeladmin, request, created, created_label)
+        report_refused(modeladmin, request, refused_verb, refused)
+        return None
+    if not eligible:
+        report_refused(modeladmin, request, refused_verb, refused)
+        return None
+    return confirmation_page(modeladmin, request, eligible=eligible, refused=refused, **page)
+
+
+def _report_created(modeladmin, request, created, what):
+    if created:
+        items = format_html_join(", ", "{} as {}", ((original.id, modeladmin.link(new)) for new, original in created))
+        modeladmin.message_user(request, format_html("{}: {}.", what, items), messages.SUCCESS)
