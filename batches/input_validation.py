@@ -75,6 +75,8 @@ class InputValidation:
             return self._fail([LineError("empty_file", "The input file contains no requests.", "input_file_id", None)])
         if not self.errors:
             self.errors.extend(quotas.enqueued_problems(batch, requests, self.prompt_tokens))
+        if not self.errors:
+            self.errors.extend(self._check_upstream(validator.model))
         if not self.errors and validator.model:
             self.errors.extend(self._check_model(validator.model, validator.model_line))
         if self.errors:
@@ -116,6 +118,15 @@ class InputValidation:
         if lifecycle.expire_if_due(self.batch.id):
             return False
         return lifecycle.acquire_batch_lease(self.batch.id, self.owner, [BatchStatus.VALIDATING])
+
+    def _check_upstream(self, model):
+        """Fail now, not in every run task, when no upstream would take this batch's requests."""
+        try:
+            upstream.route_for(model, self.batch.endpoint)
+        except upstream.UpstreamNotConfigured:
+            where = "OPENAI_BATCHES['UPSTREAM_BASE_URL']" + (f" (or a base_url for '{model}' in OPENAI_BATCHES['MODELS'])" if model else "")
+            return [LineError("upstream_not_configured", f"No upstream is configured for this batch: set {where}.", None, None)]
+        return []
 
     def _check_model(self, model, line_no):
         served, problem = upstream.served_models([model])

@@ -177,7 +177,7 @@ SPECTACULAR_SETTINGS = {
 # --- django-q2 ---
 # The broker is the ORM on the same database (transactional with the batch rows),
 # or Redis when BATCHES_REDIS_URL is set. retry must exceed timeout by the time a
-# task can wait in the workers' in-memory queue (see DESIGN.md); duplicates are
+# task can wait in the workers' in-memory queue (batches/checks.py, minimum_retry); duplicates are
 # harmless anyway because all batch work is lease-guarded.
 Q_WORKERS = env_int("BATCHES_WORKERS", 2)
 Q_CLUSTER = {

@@ -123,3 +123,25 @@ def test_an_endpoint_override_keeps_the_entrys_other_endpoints_and_api_key(model
     assert route_for("m", "/v1/chat/completions") == Route("http://chat/v1", "k")
     assert route_for("m", "/v1/completions") == Route("http://chat/v1", "k")
     assert route_for("m", "/v1/embeddings") == Route("http://embed/v1", "k")
+
+
+def test_no_upstream_configured_fails_validation_naming_the_setting(settings, make_batch):
+    settings.OPENAI_BATCHES = {**getattr(settings, "OPENAI_BATCHES", {}), "UPSTREAM_BASE_URL": None, "MODELS": None}
+
+    assert tasks.validate_batch(make_batch([chat_line("a")]).id) == "failed"  # not an exception the sweeper retries
+
+    (error,) = Batch.objects.get().errors
+    assert error["code"] == "upstream_not_configured"
+    assert "OPENAI_BATCHES['UPSTREAM_BASE_URL']" in error["message"]
+    assert error["param"] is None
+
+
+def test_an_allow_listed_model_without_any_base_url_fails_validation(settings, models_setting, make_batch):
+    models_setting(["fake-model"])  # an allow-list, and no default upstream to send its requests to
+    settings.OPENAI_BATCHES = {**settings.OPENAI_BATCHES, "UPSTREAM_BASE_URL": None}
+
+    batch = validated(make_batch([chat_line("a", model="fake-model")]))
+
+    assert batch.status == BatchStatus.FAILED
+    assert batch.errors[0]["code"] == "upstream_not_configured"
+    assert "a base_url for 'fake-model' in OPENAI_BATCHES['MODELS']" in batch.errors[0]["message"]

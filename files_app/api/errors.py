@@ -32,19 +32,6 @@ def error_body(message, type="invalid_request_error", param=None, code=None):
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
-def _first_message(detail):
-    """Flatten DRF's nested validation detail into (param, message)."""
-    if isinstance(detail, dict):
-        for key, value in detail.items():
-            param, message = _first_message(value)
-            if key == "non_field_errors":
-                return param, message
-            return (f"{key}.{param}" if param else key), message
-    if isinstance(detail, list) and detail:
-        return _first_message(detail[0])
-    return None, str(detail)
-
-
 def exception_handler(exc, context):
     """DRF exception handler that speaks OpenAI's error envelope for every status."""
     headers = {}
@@ -74,10 +61,6 @@ def exception_handler(exc, context):
         status_code = exc.status_code
         if exc.wait is not None:
             headers["Retry-After"] = str(max(1, int(exc.wait + 0.999)))
-    elif isinstance(exc, exceptions.ValidationError):
-        param, message = _first_message(exc.detail)
-        body = error_body(message, param=param, code=getattr(exc, "openai_code", None) or "invalid_value")
-        status_code = 400
     elif isinstance(exc, exceptions.ParseError):
         body = error_body(
             "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your "
