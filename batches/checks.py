@@ -12,6 +12,7 @@ from files_app.conf import SETTING_NAME
 
 from .conf import app_settings
 from .endpoints import ENDPOINTS, PASS_THROUGH_ENDPOINTS
+from .field_rules import is_int
 from .quotas import QUOTA_FIELDS
 from .windows import parse_window
 
@@ -76,7 +77,7 @@ def check_default_quotas(quotas):
     for key, value in quotas.items():
         if key not in QUOTA_KEYS:
             errors.append(Error(f"Unknown key {key!r} in {name}.", hint=f"Known keys: {', '.join(QUOTA_KEYS)}.", id="openai_batches.E006"))
-        elif value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+        elif value is not None and (not is_int(value) or value < 0):
             errors.append(Error(f"{name}[{key!r}] must be None (unlimited) or an integer >= 0, got {value!r}.", id="openai_batches.E006"))
     return errors
 
@@ -92,9 +93,7 @@ def check_completion_windows(windows, override_seconds):
                 id="openai_batches.E020",
             )
         )
-    if override_seconds is not None and (
-        not isinstance(override_seconds, int) or isinstance(override_seconds, bool) or override_seconds < 1
-    ):
+    if override_seconds is not None and (not is_int(override_seconds) or override_seconds < 1):
         messages.append(
             Error(
                 f"{SETTING_NAME}['COMPLETION_WINDOW_SECONDS'] must be None or a positive integer, got {override_seconds!r}.",

@@ -361,6 +361,18 @@ class WebhookDelivery(models.Model):
     def __str__(self):
         return f"{self.event_id} -> {self.endpoint_id} #{self.attempt}"
 
+    def add_attempt(self, *, attempt, next_attempt_at):
+        """Store another attempt of this delivery's event to its endpoint (a retry or a resend)."""
+        return WebhookDelivery.objects.create(
+            endpoint_id=self.endpoint_id,
+            event_id=self.event_id,
+            event_type=self.event_type,
+            batch_id=self.batch_id,
+            payload=self.payload,
+            attempt=attempt,
+            next_attempt_at=next_attempt_at,
+        )
+
 
 # --- Upstream rate limits (batches/ratelimit.py) ----------------------------------------
 

@@ -13,6 +13,7 @@ from files_app.models import File, FilePurpose
 
 from . import lifecycle
 from .conf import app_settings
+from .field_rules import is_int
 from .models import Batch, BatchRequest, BatchStatus, RequestStatus
 
 logger = logging.getLogger("openai_batches.output")
@@ -65,7 +66,7 @@ class UsageTotals:
 
 
 def _int(value):
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+    return value if is_int(value) else 0
 
 
 def final_status_for(batch, has_unfinished, now):

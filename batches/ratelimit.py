@@ -26,6 +26,7 @@ from django.db import IntegrityError, transaction
 
 from .conf import app_settings
 from .endpoints import OUTPUT_TOKEN_FIELDS
+from .field_rules import is_int
 from .models import RateLimitBucket
 
 WINDOW_SECONDS = 61.0
@@ -154,7 +155,7 @@ def estimate_prompt_tokens(body):
 
 
 def _positive_int(value):
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+    return is_int(value) and value > 0
 
 
 def _strings(value):

@@ -11,6 +11,7 @@ from files_app.api import OpenAIError
 from files_app.api.pagination import OpenAICursorPagination, parse_limit
 from files_app.api.viewsets import ListMixin, OpenAIViewSet, RetrieveMixin
 from files_app.models import File, FilePurpose
+from files_app.views import MAX_EXPIRES_AFTER, MIN_EXPIRES_AFTER
 
 from . import lifecycle, operations, quotas, windows
 from .endpoints import enabled_endpoints
@@ -22,7 +23,8 @@ logger = logging.getLogger("openai_batches.api")
 MAX_METADATA_PAIRS = 16
 MAX_METADATA_KEY = 64
 MAX_METADATA_VALUE = 512
-OUTPUT_EXPIRES_AFTER_RANGE = (3600, 2592000)
+# Output files take the bounds of any file's expires_after (OpenAI's).
+OUTPUT_EXPIRES_AFTER_RANGE = (MIN_EXPIRES_AFTER, MAX_EXPIRES_AFTER)
 MAX_FILE_ID_LENGTH = File._meta.get_field("id").max_length
 # GET /v1/batches/{id}/results?status=...: which finished rows each value selects.
 RESULT_STATUSES = {

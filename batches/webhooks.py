@@ -233,14 +233,7 @@ def resend(delivery):
     with transaction.atomic():
         if active.exists():
             return None
-        fresh = WebhookDelivery.objects.create(
-            endpoint_id=delivery.endpoint_id,
-            event_id=delivery.event_id,
-            event_type=delivery.event_type,
-            batch_id=delivery.batch_id,
-            payload=delivery.payload,
-            next_attempt_at=timezone.now() + REQUEUE_AFTER,
-        )
+        fresh = delivery.add_attempt(attempt=1, next_attempt_at=timezone.now() + REQUEUE_AFTER)
         enqueue_delivery(fresh)
     logger.info("webhook.resend event_id=%s endpoint_id=%s delivery_id=%s", fresh.event_id, fresh.endpoint_id, fresh.pk)
     return fresh
@@ -317,15 +310,7 @@ def _conclude(delivery, lease, *, attempted_at, status_code=None, latency_ms=Non
         if not recorded:
             return "lease_lost"
         if retry_at is not None:
-            WebhookDelivery.objects.create(
-                endpoint_id=delivery.endpoint_id,
-                event_id=delivery.event_id,
-                event_type=delivery.event_type,
-                batch_id=delivery.batch_id,
-                payload=delivery.payload,
-                attempt=delivery.attempt + 1,
-                next_attempt_at=retry_at,
-            )
+            delivery.add_attempt(attempt=delivery.attempt + 1, next_attempt_at=retry_at)
     if succeeded:
         return "succeeded"
     return "retry_scheduled" if retry_at else "gave_up"
