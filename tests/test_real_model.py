@@ -231,6 +231,30 @@ def test_the_services_environment_does_not_reconfigure_the_model_servers(tmp_pat
         model.stop()
 
 
+def post_json(url, body):
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=120) as response:
+        return json.load(response)
+
+
+def test_gemma_stays_available_as_an_option(tmp_path):
+    model = local_model.LocalModel(tmp_path / "server.log", "gemma-3-270m").start()
+    try:
+        model.wait_until_ready(timeout=120)
+        chat = post_json(
+            f"{model.chat.base_url}/chat/completions",
+            {"model": "gemma-3-270m", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8},
+        )
+        embeddings = post_json(f"{model.embeddings.base_url}/embeddings", {"model": "gemma-3-270m", "input": ["one", "two words"]})
+    finally:
+        model.stop()
+
+    assert chat["model"] == "gemma-3-270m"
+    assert 0 < chat["usage"]["completion_tokens"] <= 8
+    assert [len(item["embedding"]) for item in embeddings["data"]] == [len(embeddings["data"][0]["embedding"])] * 2
+    assert isinstance(embeddings["data"][0]["embedding"][0], float)
+
+
 def quickstart_script():
     """The README's quick start script (the block after ``<!-- quickstart -->``), the same as docs/quickstart.md's."""
     scripts = [
