@@ -10,7 +10,7 @@ from django.utils.module_loading import import_string
 from files_app.checks import check_ttl
 from files_app.conf import SETTING_NAME
 
-from .conf import app_settings
+from .conf import RETIRED, app_settings
 from .endpoints import ENDPOINTS, PASS_THROUGH_ENDPOINTS
 from .field_rules import is_int
 from .quotas import QUOTA_FIELDS
@@ -32,10 +32,11 @@ def check_settings(app_configs, **kwargs):
     if "django_q" not in settings.INSTALLED_APPS:
         messages.append(Error("'django_q' must be in INSTALLED_APPS.", id="openai_batches.E003"))
     for key in (
-        "MAX_CONCURRENT_BATCHES",
+        "UPSTREAM_MAX_IN_FLIGHT",
+        "UPSTREAM_INITIAL_IN_FLIGHT",
         "MAX_CONCURRENT_REQUESTS_PER_BATCH",
+        "DISPATCHERS",
         "MAX_ATTEMPTS",
-        "RUN_TASKS_PER_BATCH",
         "EMBEDDINGS_BUNDLE_SIZE",
     ):
         value = getattr(app_settings, key)
@@ -43,6 +44,11 @@ def check_settings(app_configs, **kwargs):
             messages.append(Error(f"{SETTING_NAME}[{key!r}] must be a positive integer, got {value!r}.", id="openai_batches.E004"))
     messages.extend(check_ttl("DEFAULT_OUTPUT_FILE_TTL", app_settings.DEFAULT_OUTPUT_FILE_TTL))
     messages.extend(check_default_quotas(app_settings.DEFAULT_QUOTAS))
+    for key, replacement in RETIRED.items():
+        if key in user:
+            messages.append(
+                Warning(f"{SETTING_NAME}[{key!r}] is no longer used: {replacement}.", hint="Remove it.", id="openai_batches.W005")
+            )
     messages.extend(check_completion_windows(app_settings.COMPLETION_WINDOWS, app_settings.COMPLETION_WINDOW_SECONDS))
     messages.extend(check_client_class(app_settings.UPSTREAM_CLIENT_CLASS))
     messages.extend(check_extra_endpoints())
@@ -63,7 +69,8 @@ def check_queue_settings(app_configs, **kwargs):
     """django-q2's Q_CLUSTER against what the batch tasks need."""
     if not isinstance(getattr(settings, SETTING_NAME, None) or {}, dict):
         return []  # files_app's check reports openai_batches.E001
-    return check_q_cluster(getattr(settings, "Q_CLUSTER", None) or {})
+    q_cluster = getattr(settings, "Q_CLUSTER", None) or {}
+    return check_q_cluster(q_cluster) + check_dispatchers(q_cluster)
 
 
 QUOTA_KEYS = tuple(field.upper() for field in QUOTA_FIELDS)
@@ -80,6 +87,21 @@ def check_default_quotas(quotas):
         elif value is not None and (not is_int(value) or value < 0):
             errors.append(Error(f"{name}[{key!r}] must be None (unlimited) or an integer >= 0, got {value!r}.", id="openai_batches.E006"))
     return errors
+
+
+def check_dispatchers(q):
+    workers = q.get("workers") or os.cpu_count() or 4
+    dispatchers = app_settings.DISPATCHERS
+    if q.get("sync") or not isinstance(dispatchers, int) or dispatchers < workers:
+        return []
+    return [
+        Warning(
+            f"{SETTING_NAME}['DISPATCHERS'] ({dispatchers}) is not below Q_CLUSTER['workers'] ({workers}): while batches run, "
+            "dispatchers can hold every worker and new batches wait for validation, finished ones for finalization.",
+            hint="Keep DISPATCHERS below the workers of one cluster (with several hosts, up to one per host less than its workers).",
+            id="openai_batches.W006",
+        )
+    ]
 
 
 def check_completion_windows(windows, override_seconds):

@@ -7,7 +7,7 @@ documented defaults below; ``batches/checks.py`` checks them.
     app_settings.MAX_CONCURRENT_REQUESTS_PER_BATCH
 """
 
-from files_app.conf import AppSettings
+from files_app.conf import KNOWN_KEYS, AppSettings
 
 DEFAULTS = {
     # --- Upstream (any OpenAI-compatible server: vLLM, Ollama, llama.cpp, OpenAI) ---
@@ -27,11 +27,18 @@ DEFAULTS = {
     # or a list of model ids. When None, the upstream's /v1/models decides. An entry's
     # "endpoints": {"/v1/embeddings": {"base_url": ...}} routes one endpoint elsewhere.
     "MODELS": None,
-    # --- Concurrency (cluster-wide, enforced through the database) ---
-    "MAX_CONCURRENT_BATCHES": 4,
+    # --- Concurrency (cluster-wide, enforced through the database; docs/scheduling.md) ---
+    # Requests in flight to one upstream (one base URL), whatever the number of batches,
+    # workers or hosts: the ceiling of the adaptive (AIMD) limit.
+    "UPSTREAM_MAX_IN_FLIGHT": 64,
+    # Where the adaptive limit of an upstream seen for the first time starts.
+    "UPSTREAM_INITIAL_IN_FLIGHT": 8,
+    # Requests in flight for one batch.
     "MAX_CONCURRENT_REQUESTS_PER_BATCH": 64,
-    # run tasks enqueued per batch; more than one lets several workers share a batch.
-    "RUN_TASKS_PER_BATCH": 1,
+    # django-q2 workers that dispatch requests at once, cluster-wide (each keeps calls in
+    # flight for every running batch); keep it below the workers of a cluster so that
+    # validation, finalization and webhooks always find a free one.
+    "DISPATCHERS": 1,
     # Upstream rate limits shared by all workers on all hosts (batches/ratelimit.py):
     # {"model-id": {"rpm": N, "tpm": N}, "*": {...}}. A model's own entry wins; "*"
     # covers every other model, one budget per upstream base URL. Empty: unlimited.
@@ -41,14 +48,14 @@ DEFAULTS = {
     "MAX_ATTEMPTS": 5,
     "RETRY_BACKOFF_BASE": 1.0,  # seconds, doubled per attempt, with full jitter
     "RETRY_BACKOFF_MAX": 60.0,
-    # Consecutive transient failures that pause the whole batch (circuit breaker).
+    # Consecutive transient failures that pause one upstream (circuit breaker).
     "CIRCUIT_BREAKER_THRESHOLD": 5,
     # --- Leases and task slicing ---
     # A claimed request (or a batch being validated/finalized) belongs to one worker
     # for this long; leases are renewed while the work is alive, so this only bounds
     # how long a killed worker's work waits before another worker takes it over.
     "LEASE_SECONDS": 60.0,
-    # A run task hands its batch back to the queue after this long, keeping every
+    # A dispatcher hands over to a new dispatch task after this long, keeping every
     # django-q2 task well under Q_CLUSTER["timeout"].
     "RUN_SLICE_SECONDS": 300.0,
     # On SIGTERM (a deploy), in-flight upstream calls get this long to finish before
@@ -91,3 +98,12 @@ DEFAULTS = {
 }
 
 app_settings = AppSettings(DEFAULTS)
+
+# Keys that no longer do anything, and what replaced them: accepted, never read
+# (``check`` warns, openai_batches.W005).
+RETIRED = {
+    "MAX_CONCURRENT_BATCHES": "every running batch is served at once now: UPSTREAM_MAX_IN_FLIGHT bounds the requests in flight "
+    "per upstream, shared fairly between owners (docs/scheduling.md)",
+    "RUN_TASKS_PER_BATCH": "dispatchers serve every batch: DISPATCHERS sets how many workers dispatch, cluster-wide",
+}
+KNOWN_KEYS.update(dict.fromkeys(RETIRED))

@@ -16,11 +16,12 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from . import windows
+from . import slots, windows
 from .conf import app_settings
-from .models import CANCELLABLE_STATUSES, STATUS_TIMESTAMP_FIELDS, TERMINAL_STATUSES, Batch, BatchStatus
+from .models import CANCELLABLE_STATUSES, STATUS_TIMESTAMP_FIELDS, TERMINAL_STATUSES, Batch, BatchRequest, BatchStatus
 from .queue import enqueue
 from .signals import batch_finished, batch_status_changed
+from .upstream import route_for
 
 logger = logging.getLogger("openai_batches.lifecycle")
 
@@ -74,7 +75,9 @@ def create_batch(**fields):
 
 
 def start_processing(batch_id, *, total, model, failed_requests=0, estimated_prompt_tokens=0):
-    """validating -> in_progress once every line is stored as a request row."""
+    """validating -> in_progress once every line is stored as a request row; the
+    batch joins its upstream's queue (``upstream``: the base URL its requests route to)."""
+    endpoint = Batch.objects.filter(pk=batch_id).values_list("endpoint", flat=True).first()
     started = transition(
         batch_id,
         [BatchStatus.VALIDATING],
@@ -83,13 +86,26 @@ def start_processing(batch_id, *, total, model, failed_requests=0, estimated_pro
         failed_requests=failed_requests,
         estimated_prompt_tokens=estimated_prompt_tokens,
         model=model,
+        upstream=route_for(model, endpoint).base_url,
         lease_owner=None,
         lease_expires_at=None,
     )
     if started:
-        for _ in range(app_settings.RUN_TASKS_PER_BATCH):
-            enqueue("run_batch", batch_id)
+        slots.ensure_dispatching()
     return started
+
+
+def finish_processing(batch_id):
+    """in_progress -> finalizing once no line is pending or running; queues the finalization.
+
+    One query decides, so a retry written meanwhile by another dispatcher cannot
+    slip between two checks."""
+    if BatchRequest.objects.filter(batch_id=batch_id).unfinished().exists():
+        return False
+    if transition(batch_id, [BatchStatus.IN_PROGRESS], BatchStatus.FINALIZING):
+        enqueue("finalize_batch", batch_id)
+        return True
+    return False
 
 
 def fail_validation(batch_id, errors):
@@ -117,7 +133,7 @@ def expire_if_due(batch_id, now=None):
     return False
 
 
-# --- batch-level leases (validation, finalization) and concurrency slots -------------
+# --- batch-level leases (validation, finalization) ---------------------------------
 
 
 def acquire_batch_lease(batch_id, owner, statuses):
@@ -132,39 +148,3 @@ def acquire_batch_lease(batch_id, owner, statuses):
 
 def release_batch_lease(batch_id, owner):
     Batch.objects.filter(pk=batch_id, lease_owner=owner).update(lease_owner=None, lease_expires_at=None)
-
-
-def acquire_slot(batch_id):
-    """Hold (or renew) one of MAX_CONCURRENT_BATCHES running slots for this batch.
-
-    Several run tasks of one batch share its slot. The in-progress batches are
-    locked while counting so two hosts cannot both take the last slot (on
-    SQLite the IMMEDIATE transaction serialises this anyway).
-    """
-    now = timezone.now()
-    with transaction.atomic():
-        active = list(
-            Batch.objects.select_for_update().filter(status=BatchStatus.IN_PROGRESS, slot_expires_at__gt=now).values_list("pk", flat=True)
-        )
-        if batch_id not in active and len(active) >= app_settings.MAX_CONCURRENT_BATCHES:
-            return False
-        return bool(
-            Batch.objects.filter(pk=batch_id, status=BatchStatus.IN_PROGRESS).update(
-                slot_expires_at=now + timedelta(seconds=app_settings.LEASE_SECONDS)
-            )
-        )
-
-
-def release_slot(batch_id):
-    Batch.objects.filter(pk=batch_id).update(slot_expires_at=None)
-    # A slot is free: the oldest batch waiting for one can start now.
-    waiting = (
-        Batch.objects.filter(status=BatchStatus.IN_PROGRESS)
-        .filter(Q(slot_expires_at__isnull=True) | Q(slot_expires_at__lte=timezone.now()))
-        .exclude(pk=batch_id)
-        .order_by("created_at")
-        .values_list("pk", flat=True)
-        .first()
-    )
-    if waiting:
-        enqueue("run_batch", waiting)

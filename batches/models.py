@@ -8,8 +8,9 @@ The life of a batch (every transition lives in ``batches/lifecycle.py``)::
 
 * ``validating``: ``tasks.validate_batch`` streams the input file and creates one
   ``BatchRequest`` row per line; any validation error fails the whole batch.
-* ``in_progress``: ``tasks.run_batch`` (one or more, on any workers) claims pending
-  rows with a lease, calls the upstream, writes results guarded by that lease.
+* ``in_progress``: ``tasks.dispatch`` (docs/scheduling.md: one dispatcher serves every
+  running batch, on any workers) claims pending rows with a lease, calls the
+  upstream, writes results guarded by that lease.
 * ``finalizing``: ``tasks.finalize_batch`` streams the rows into the output and
   error files; unfinished rows become ``batch_expired`` / ``batch_cancelled``.
 * ``tasks.sweep`` (scheduled every minute) re-enqueues work whose leases went
@@ -108,16 +109,20 @@ class Batch(models.Model):
     completed_requests = models.PositiveIntegerField(default=0)
     failed_requests = models.PositiveIntegerField(default=0)
 
-    # Exclusive work on the batch itself (validation, finalization) and its
-    # concurrency slot among MAX_CONCURRENT_BATCHES.
+    # Exclusive work on the batch itself (validation, finalization).
     lease_owner = models.CharField(max_length=64, null=True, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
-    slot_expires_at = models.DateTimeField(null=True, blank=True)
+
+    # Scheduling (batches/fairshare.py): the upstream whose in-flight budget it draws from.
+    upstream = models.CharField(
+        max_length=255, blank=True, default="", help_text="Base URL of the upstream its model routes to, set when validated."
+    )
 
     idempotency_key = models.CharField(max_length=255, null=True, blank=True)
     request_fingerprint = models.CharField(max_length=64, blank=True, default="")
     retry_of = models.ForeignKey("self", on_delete=models.SET_NULL, null=True, blank=True, related_name="retries")
-    # The key that created the batch (None: created in the admin): its quotas apply.
+    # The key that created the batch (None: created in the admin): its quotas apply,
+    # and its weight sets the owner's share of the upstream (batches/fairshare.py).
     api_key = models.ForeignKey("files_app.ApiKey", on_delete=models.SET_NULL, null=True, blank=True, related_name="batches")
     estimated_prompt_tokens = models.PositiveBigIntegerField(
         default=0, help_text="Prompt tokens of all requests, estimated at validation (about 4 characters a token)."
@@ -131,7 +136,7 @@ class Batch(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["owner", "idempotency_key"], name="batch_unique_idempotency_key_per_owner"),
         ]
-        indexes = [models.Index(fields=["owner", "created_at"]), models.Index(fields=["status", "slot_expires_at"])]
+        indexes = [models.Index(fields=["owner", "created_at"]), models.Index(fields=["status", "upstream"])]
 
     def __str__(self):
         return self.id
@@ -388,3 +393,46 @@ class RateLimitBucket(models.Model):
 
     def __str__(self):
         return self.key
+
+
+# --- Scheduling (batches/claims.py, batches/aimd.py, batches/runner/) ---------------------------
+
+
+class UpstreamState(models.Model):
+    """The adaptive in-flight limit of one upstream (one base URL of the MODELS
+    routing table), shared by every dispatcher on every host: each claim locks
+    this row, folds in what its calls saw (``batches/aimd.py``) and counts the
+    live leases of the upstream's batches against ``concurrency_limit``.
+    In flight now = live leases of batches whose ``upstream`` is ``base_url``."""
+
+    base_url = models.CharField(max_length=255, unique=True)
+    concurrency_limit = models.PositiveIntegerField(help_text="Requests in flight allowed now (AIMD, at most UPSTREAM_MAX_IN_FLIGHT).")
+    latency_ms = models.FloatField(null=True, blank=True, help_text="Recent latency of successful calls.")
+    baseline_latency_ms = models.FloatField(null=True, blank=True, help_text="The upstream's latency when not loaded.")
+    successes_since_increase = models.PositiveIntegerField(default=0)
+    last_decrease_at = models.FloatField(null=True, blank=True, help_text="Unix time of the last cut; empty while in slow start.")
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name = "upstream"
+        ordering = ["base_url"]
+
+    def __str__(self):
+        return self.base_url
+
+
+class DispatcherSlot(models.Model):
+    """One of the DISPATCHERS places for a running dispatcher, held under a lease
+    (renewed every heartbeat), so a fixed number of django-q2 workers dispatch
+    cluster-wide and the others stay free for validation, finalization and webhooks."""
+
+    slot = models.PositiveSmallIntegerField(primary_key=True)
+    owner = models.CharField(max_length=64, null=True, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["slot"]
+
+    def __str__(self):
+        return f"dispatcher {self.slot}"

@@ -143,7 +143,6 @@ def _finalize(batch_id, owner):
             usage=usage.as_openai() if counts["succeeded"] + counts["failed"] else None,
             lease_owner=None,
             lease_expires_at=None,
-            slot_expires_at=None,
         )
     if not ended:  # someone else finished it meanwhile: ours are spare copies
         for spare in (output_file, error_file):

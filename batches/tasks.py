@@ -10,13 +10,13 @@ from django.utils import timezone
 
 from files_app.models import File, Upload
 
-from . import lifecycle, webhooks
+from . import lifecycle, slots, webhooks
 from .conf import app_settings
 from .input_validation import InputValidation
 from .models import Batch, BatchRequest, BatchStatus
 from .output import finalize_batch as _finalize_batch
 from .queue import enqueue
-from .runner import BatchRunner
+from .runner import Dispatcher
 
 logger = logging.getLogger("openai_batches.tasks")
 
@@ -34,8 +34,15 @@ def validate_batch(batch_id):
     return outcome
 
 
-def run_batch(batch_id):
-    return str(BatchRunner(batch_id).run())  # the plain value: django-q2 pickles task results
+def dispatch():
+    """Send the requests of every running batch until none is left (docs/scheduling.md)."""
+    return str(Dispatcher().run())  # the plain value: django-q2 pickles task results
+
+
+def dispatch_after_restart():
+    """``dispatch``, queued when a worker starts, maybe right after a crash: it waits
+    for the slot of a dispatcher that stopped renewing it (``slots.acquire``)."""
+    return str(Dispatcher(takeover=True).run())
 
 
 def finalize_batch(batch_id):
@@ -51,7 +58,7 @@ def sweep():
     worker or a lost broker message left behind."""
     now = timezone.now()
     stale = now - timedelta(seconds=app_settings.LEASE_SECONDS)
-    found = {"expired": 0, "validate": 0, "run": 0, "finalize": 0, "files": 0, "uploads": 0}
+    found = {"expired": 0, "validate": 0, "dispatch": 0, "finalize": 0, "files": 0, "uploads": 0}
     for batch_id in Batch.objects.filter(status__in=[BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS], expires_at__lte=now).values_list(
         "pk", flat=True
     ):
@@ -60,11 +67,8 @@ def sweep():
     for batch_id in Batch.objects.filter(lease_free, status=BatchStatus.VALIDATING, created_at__lte=stale).values_list("pk", flat=True):
         enqueue("validate_batch", batch_id)
         found["validate"] += 1
-    slot_free = Q(slot_expires_at__isnull=True) | Q(slot_expires_at__lte=now)
-    waiting_for_slot = Batch.objects.filter(slot_free, status=BatchStatus.IN_PROGRESS, in_progress_at__lte=stale).order_by("created_at")
-    for batch_id in waiting_for_slot.values_list("pk", flat=True)[: app_settings.MAX_CONCURRENT_BATCHES]:
-        enqueue("run_batch", batch_id)
-        found["run"] += 1
+    if Batch.objects.filter(status=BatchStatus.IN_PROGRESS).exists():
+        found["dispatch"] = slots.ensure_dispatching()
     for batch_id in Batch.objects.filter(lease_free, status__in=[BatchStatus.FINALIZING, BatchStatus.CANCELLING]).values_list(
         "pk", flat=True
     ):
@@ -83,12 +87,12 @@ def sweep():
 
 def sweep_after_worker_start():
     """A worker (re)started, maybe right after its cluster was killed. The dead
-    runners' slots and leases look alive for up to LEASE_SECONDS, so ``sweep``
-    alone would leave their batches to a later round: give every running batch a
-    runner now. It takes the rows over as their leases lapse, and steps aside
-    where live runners already serve the batch (``BatchRunner.outnumbered``)."""
+    dispatchers' slots and leases look alive for up to LEASE_SECONDS, so ``sweep``
+    alone would leave their batches to a later round: queue dispatchers that
+    take over a slot whose holder stops renewing it (``slots.acquire``)."""
     found = sweep()
-    for batch_id in Batch.objects.filter(status=BatchStatus.IN_PROGRESS, slot_expires_at__gt=timezone.now()).values_list("pk", flat=True):
-        enqueue("run_batch", batch_id)
-        found["run"] += 1
+    if Batch.objects.filter(status=BatchStatus.IN_PROGRESS).exists():
+        for _ in range(slots.live_count()):
+            enqueue("dispatch_after_restart")
+            found["dispatch"] += 1
     return found

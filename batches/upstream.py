@@ -25,6 +25,10 @@ logger = logging.getLogger("openai_batches.upstream")
 
 # Statuses worth another attempt (OpenAI's SDK retries the same ones).
 TRANSIENT_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
+# Answers that mean "too much at once" rather than "this request failed".
+BACKPRESSURE_STATUSES = frozenset({429, 503})
+# A 429 with this code is OpenAI's billing stop, not congestion: waiting does not help.
+QUOTA_EXHAUSTED_CODE = "insufficient_quota"
 
 
 class UpstreamNotConfigured(Exception):
@@ -181,6 +185,16 @@ class Outcome:
     retry_after: float | None = None
     connection_error: bool = False
 
+    @property
+    def backpressure(self):
+        """The upstream is full (429, 503): the line waits and is sent again without using an attempt."""
+        return self.kind == "retry" and self.status_code in BACKPRESSURE_STATUSES
+
+    @property
+    def congestion(self):
+        """A signal to send less (``batches/aimd.py``): back-pressure, a timeout or a connection error."""
+        return self.backpressure or (self.kind == "retry" and self.connection_error)
+
 
 def endpoint_path(endpoint):
     # The batch endpoint is "/v1/chat/completions"; the client's base_url already ends in /v1.
@@ -297,12 +311,12 @@ async def call(client, endpoint: str, body: dict) -> Outcome:
         # A 2xx that is not JSON (a proxy's page, a cut-off answer) is no result.
         error = {"code": "invalid_upstream_response", "message": f"The upstream answered HTTP {status_code} with a body that is not JSON."}
         return Outcome("failed", status_code=status_code, body=payload, request_id=request_id, error=error)
-    kind = "retry" if _should_retry(status_code, headers) else "failed"
     if 300 <= status_code < 400:  # neither client follows: a redirected POST would arrive as a GET
         location = headers.get("location", "")
         error = {"code": "upstream_redirect", "message": f"The upstream redirected to {location!r}: set the base URL to where it points."}
     else:
         error = error_from_body(status_code, payload)
+    kind = "retry" if _should_retry(status_code, headers) and error["code"] != QUOTA_EXHAUSTED_CODE else "failed"
     return Outcome(
         kind,
         status_code=status_code,

@@ -1,7 +1,7 @@
 """Benchmark 5: one vs two worker processes sharing one batch on PostgreSQL, at
 0 ms upstream latency (the orchestrator's own cost is all there is). With two,
-the batch gets two run tasks (RUN_TASKS_PER_BATCH=2) that claim chunks of it side
-by side under one per-batch window. Target: two processes >= 1.7x the lines/s of one.
+the batch gets two dispatchers (DISPATCHERS=2) that claim chunks of it side
+by side under one upstream budget. Target: two processes >= 1.7x the lines/s of one.
 
     .venv/bin/python bench/bench_scaling.py [--lines 20000] [--db sqlite] [--redis redis://127.0.0.1:6379/9]
 

@@ -52,7 +52,7 @@ def parse_args(description, extra=(), **defaults):
     )
     parser.add_argument("--redis", default=defaults.get("redis"), help="BATCHES_REDIS_URL: the Redis broker and cache")
     parser.add_argument(
-        "--run-tasks", type=int, default=defaults.get("run_tasks", 1), help="RUN_TASKS_PER_BATCH (worker processes sharing the batch)"
+        "--run-tasks", type=int, default=defaults.get("run_tasks", 1), help="DISPATCHERS (worker processes sending requests)"
     )
     parser.add_argument("--repeat", type=int, default=defaults.get("repeat", 1), help="runs; the best one is reported")
     parser.add_argument("--json", default=None, help="where to write the results (default bench/results/<name>.json)")
@@ -127,7 +127,7 @@ def live_stack(upstream_url, *, db="sqlite", redis=None, concurrency=64, workers
         os.environ["TEST_DATABASE_URL"] = saved["TEST_DATABASE_URL"] or PG_DEFAULT_URL
     stack_env = {
         "BATCHES_MAX_CONCURRENT_REQUESTS_PER_BATCH": str(concurrency),
-        "BATCHES_RUN_TASKS_PER_BATCH": str(run_tasks),
+        "BATCHES_DISPATCHERS": str(run_tasks),
         "BATCHES_LOG_LEVEL": "WARNING",
         **(env or {}),
     }

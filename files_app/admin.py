@@ -164,7 +164,7 @@ class KeyStateFilter(admin.SimpleListFilter):
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
-    list_display = ("masked_key", "name", "user", "created_at", "last_used_at", "is_active")
+    list_display = ("masked_key", "name", "user", "weight", "created_at", "last_used_at", "is_active")
     list_filter = (KeyStateFilter, ("created_at", admin.DateFieldListFilter))
     list_select_related = ("user",)
     search_fields = ("name", "prefix", f"user__{get_user_model().USERNAME_FIELD}")
@@ -183,7 +183,16 @@ class ApiKeyAdmin(admin.ModelAdmin):
                 "description": 'Empty: the site default (OPENAI_BATCHES["DEFAULT_QUOTAS"]), unlimited unless set.',
             },
         )
-        return [(None, {"fields": fields}), quotas]
+        share = (
+            "Share of the upstream",
+            {
+                "fields": ("weight",),
+                "description": "When several owners' batches wait for the same upstream, each owner gets places in "
+                "proportion to its weight (its keys' largest). Takes effect on the next claim.",
+            },
+        )
+        # A new key starts at weight 1; it is changed on the key's own page.
+        return [(None, {"fields": fields}), quotas] + ([share] if obj is not None else [])
 
     def get_readonly_fields(self, request, obj=None):
         # key_hash is never shown; a key's identity and history are not editable.

@@ -4,6 +4,7 @@ import secrets
 from datetime import timedelta
 
 from django.conf import settings
+from django.core.validators import MinValueValidator
 from django.db import models
 from django.utils import timezone
 
@@ -51,6 +52,11 @@ class ApiKey(models.Model):
     )
     max_enqueued_prompt_tokens = models.PositiveBigIntegerField(
         null=True, blank=True, help_text="Prompt tokens (estimated) across this key's unfinished batches. Empty: the site default."
+    )
+    weight = models.PositiveSmallIntegerField(
+        default=1,
+        validators=[MinValueValidator(1)],
+        help_text="Share of the upstream its owner's batches get against other owners' (2 = twice a weight-1 owner's).",
     )
 
     objects = ApiKeyQuerySet.as_manager()

@@ -142,6 +142,19 @@ def live_client(live_stack, fake_upstream):
     return live_stack.client()
 
 
+def run_batches():
+    """What the workers do once batches are validated, in-process: a dispatcher runs until no
+    batch has work left, then every finalization it queued (db tests never commit, so nothing
+    reaches django-q2). Returns the dispatcher's outcome."""
+    from batches import tasks
+    from batches.models import Batch, BatchStatus
+
+    outcome = tasks.dispatch()
+    for batch_id in Batch.objects.filter(status__in=[BatchStatus.FINALIZING, BatchStatus.CANCELLING]).values_list("pk", flat=True):
+        tasks.finalize_batch(batch_id)
+    return outcome
+
+
 def upload(client, records, filename="input.jsonl"):
     """Upload JSONL through the SDK."""
     return client.files.create(file=(filename, io.BytesIO(jsonl(records))), purpose="batch")

@@ -13,9 +13,9 @@ from django.urls import reverse
 from django.utils import timezone
 
 from batches import lifecycle, operations, tasks
-from batches.models import Batch, BatchStatus, RequestStatus
+from batches.models import Batch, BatchStatus, RequestStatus, UpstreamState
 from files_app.models import ApiKey, File, hash_key
-from tests.conftest import chat_line
+from tests.conftest import chat_line, run_batches
 
 BATCHES_URL = reverse("admin:batches_batch_changelist")
 REQUESTS_URL = reverse("admin:batches_batchrequest_changelist")
@@ -47,7 +47,11 @@ def processed_batch(make_batch, upstream):
     def make(lines, **fields):
         batch = make_batch(lines, **fields)
         tasks.validate_batch(batch.id)
-        tasks.run_batch(batch.id)
+        # The dispatcher serves every running batch: other fixtures' batches stay as they are.
+        others = list(Batch.objects.filter(status=BatchStatus.IN_PROGRESS).exclude(pk=batch.id).values_list("pk", flat=True))
+        Batch.objects.filter(pk__in=others).update(status=BatchStatus.VALIDATING)
+        run_batches()
+        Batch.objects.filter(pk__in=others).update(status=BatchStatus.IN_PROGRESS)
         batch.refresh_from_db()
         return batch
 
@@ -347,7 +351,7 @@ def test_retried_cancelled_lines_run_to_completion(running_batch):
 
     retry = operations.retry_failed_requests(running_batch)
     tasks.validate_batch(retry.id)
-    tasks.run_batch(retry.id)
+    run_batches()
     retry.refresh_from_db()
     assert retry.status == BatchStatus.COMPLETED
     assert (retry.completed_requests, retry.failed_requests) == (4, 0)
@@ -373,7 +377,7 @@ def test_rerun_a_failed_batch_with_the_same_input(admin_client, failed_batch, ba
     assert again.input_file_id == failed_batch.input_file_id and again.status == BatchStatus.VALIDATING
     assert any("Re-running" in note for note in messages_of(response))
     tasks.validate_batch(again.id)
-    tasks.run_batch(again.id)
+    run_batches()
     again.refresh_from_db()
     assert again.status == BatchStatus.COMPLETED and again.completed_requests == 2
     html = admin_client.get(reverse("admin:batches_batch_change", args=[quote(again.id)])).content.decode()
@@ -556,7 +560,7 @@ def test_no_banner_when_a_task_finished_recently(admin_client, running_batch):
 
     now = timezone.now()
     Success.objects.create(
-        id="t1", name="run_batch", func="batches.tasks.run_batch", started=now, stopped=now, success=True, group=running_batch.id
+        id="t1", name="dispatch", func="batches.tasks.dispatch", started=now, stopped=now, success=True, group=running_batch.id
     )
     assert not banner_in(admin_client)
     Success.objects.filter(pk="t1").update(stopped=now - timedelta(minutes=10))
@@ -627,3 +631,48 @@ def test_broker_keeping_heartbeats_itself_is_conclusive(batch_with_failures, mon
     monkeypatch.setattr(operations, "get_broker", lambda: HeartbeatKeepingBroker(list_key="probe"))
     health = operations.worker_health()
     assert not health.ok and "No django-q2 cluster is running" in health.summary
+
+
+# --- scheduling: upstreams, a batch's share, key weights ------------------------------------
+
+
+def test_an_api_keys_weight_is_edited_on_its_page(admin_client, make_api_key):
+    key, _ = make_api_key()
+    url = reverse("admin:files_app_apikey_change", args=[quote(key.pk)])
+    assert 'name="weight"' in admin_client.get(url).content.decode()
+    response = admin_client.post(url, {"user": key.user_id, "name": key.name, "weight": 3})
+    assert response.status_code == 302
+    key.refresh_from_db()
+    assert key.weight == 3
+    assert admin_client.post(url, {"user": key.user_id, "name": key.name, "weight": 0}).status_code == 200  # at least 1
+
+
+def test_upstreams_show_limit_in_flight_and_latency(admin_client, running_batch, upstream):
+    from batches import claims
+    from batches.aimd import Feedback
+
+    feedback = Feedback()
+    feedback.success(42.0)
+    now = timezone.now()
+    claims.Claimer("host:1:a").claim(
+        upstream.base_url, wanted=3, unflushed={}, feedback=feedback, now=now, lease_until=now + timedelta(minutes=1)
+    )
+    state = UpstreamState.objects.get(base_url=upstream.base_url)
+    html = admin_client.get(reverse("admin:batches_upstreamstate_changelist")).content.decode()
+    assert upstream.base_url in html and "42 ms" in html
+    detail = admin_client.get(reverse("admin:batches_upstreamstate_change", args=[state.pk])).content.decode()
+    assert f'<div class="readonly">{state.concurrency_limit}</div>' in detail
+    assert '<div class="readonly">3</div>' in detail  # in flight: the three leased rows
+    assert admin_client.get(reverse("admin:batches_upstreamstate_add")).status_code == 403
+
+
+def test_a_running_batch_shows_its_owners_share_and_place(admin_client, make_batch, make_user, upstream):
+    owner = make_user()
+    first, second = (make_batch([chat_line(f"r{n}") for n in range(3)], owner=owner) for _ in range(2))
+    for batch in (first, second):
+        tasks.validate_batch(batch.id)
+    Batch.objects.filter(pk=first.id).update(expires_at=timezone.now() + timedelta(hours=1))
+    html = admin_client.get(reverse("admin:batches_batch_change", args=[quote(second.id)])).content.decode()
+    assert "owner&#x27;s share" in html and "place in the owner&#x27;s queue" in html
+    assert "2 of 2" in html  # the batch expiring sooner goes first
+    assert "after 1 earlier batch(es) of its owner" in html

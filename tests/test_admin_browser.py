@@ -68,10 +68,11 @@ def run_through_django_q(make_batch, upstream):
     through django-q2 (``sync=True``), so its task pages have entries."""
     from django_q.tasks import async_task
 
-    def make(lines, steps=("validate_batch", "run_batch"), **fields):
+    def make(lines, steps=("validate_batch", "dispatch", "finalize_batch"), **fields):
         batch = make_batch(lines, **fields)
         for task in steps:
-            async_task(f"batches.tasks.{task}", batch.id, group=batch.id, task_name=f"{task}:{batch.id}", sync=True)
+            args = () if task == "dispatch" else (batch.id,)  # the dispatcher serves every batch
+            async_task(f"batches.tasks.{task}", *args, group=batch.id, task_name=f"{task}:{batch.id}", sync=True)
         batch.refresh_from_db()
         return batch
 

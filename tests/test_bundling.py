@@ -14,6 +14,7 @@ from batches import bundling, tasks
 from batches import upstream as upstream_api
 from batches.models import Batch
 from files_app.models import File
+from tests.conftest import run_batches
 
 
 def body(value, **params):
@@ -371,7 +372,7 @@ def run_embeddings(make_batch, upstream, settings):
         upstream.reset()
         batch = make_batch(lines, endpoint=EMBEDDINGS)
         assert tasks.validate_batch(batch.id) == "in_progress"
-        tasks.run_batch(batch.id)
+        run_batches()
         batch = Batch.objects.get(pk=batch.id)
         return batch, read_lines(batch.output_file_id), read_lines(batch.error_file_id), embedding_calls(upstream)
 

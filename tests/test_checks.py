@@ -55,10 +55,27 @@ def test_unknown_key_is_an_error_naming_it(configured):
     assert "UPSTREAM_URL" in error.msg
 
 
+@pytest.mark.parametrize("key", ["UPSTREAM_MAX_IN_FLIGHT", "MAX_CONCURRENT_REQUESTS_PER_BATCH", "DISPATCHERS"])
 @pytest.mark.parametrize("value", [0, -1, "4", 2.5, None])
-def test_concurrency_must_be_a_positive_integer(configured, value):
-    configured.OPENAI_BATCHES = {**configured.OPENAI_BATCHES, "MAX_CONCURRENT_BATCHES": value}
+def test_concurrency_must_be_a_positive_integer(configured, key, value):
+    configured.OPENAI_BATCHES = {**configured.OPENAI_BATCHES, key: value}
     assert ids(check_batch_settings(None)) == ["openai_batches.E004"]
+
+
+@pytest.mark.parametrize("key, replacement", [("MAX_CONCURRENT_BATCHES", "UPSTREAM_MAX_IN_FLIGHT"), ("RUN_TASKS_PER_BATCH", "DISPATCHERS")])
+def test_retired_keys_warn_and_name_what_replaced_them(configured, key, replacement):
+    configured.OPENAI_BATCHES = {**configured.OPENAI_BATCHES, key: 4}
+    (warning,) = check_batch_settings(None)
+    assert warning.id == "openai_batches.W005"
+    assert key in warning.msg and replacement in warning.msg
+
+
+def test_as_many_dispatchers_as_workers_is_a_warning(configured):
+    configured.OPENAI_BATCHES = {**configured.OPENAI_BATCHES, "DISPATCHERS": 2}
+    configured.Q_CLUSTER = {**configured.Q_CLUSTER, "workers": 2}
+    assert "openai_batches.W006" in all_ids()
+    configured.Q_CLUSTER = {**configured.Q_CLUSTER, "workers": 3}
+    assert "openai_batches.W006" not in all_ids()
 
 
 # --- throttling and the cache ------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Never lose work: crash recovery, graceful shutdown, retries, the circuit breaker,
 cancel, expiry and rate limits.
 
-The first part runs the runner in-process (pytest-django database, fake upstream).
+The first part runs the dispatcher in-process (pytest-django database, fake upstream).
 The ``fault`` part starts real gunicorn + qcluster processes (tests.live.LiveStack)
 in front of an in-process fake upstream with latency and fault injection, kills
 and stops the workers, and checks that every request is accounted for exactly
@@ -24,20 +24,21 @@ import pytest
 from django.db import OperationalError
 from django.utils import timezone
 
-from batches import bulk, tasks
+from batches import bulk, claims, lifecycle, slots, tasks
 from batches import upstream as upstream_module
-from batches.models import Batch, BatchRequest, BatchStatus, RequestStatus
-from batches.runner import BatchRunner, batch_runner, shutdown
+from batches.aimd import Feedback
+from batches.models import Batch, BatchRequest, BatchStatus, DispatcherSlot, RequestStatus
+from batches.runner import dispatcher, shutdown
 from batches.runner.results import ResultWriter
 from batches.runner.shutdown import WorkerShutdown
-from tests.conftest import chat_line, upload
+from tests.conftest import chat_line, run_batches, upload
 from tests.fake_upstream import FakeUpstream
 from tests.live import LiveStack, wait_for_batch, wait_until
 
 FIGURES_PATH = os.environ.get("FAULT_FIGURES_PATH", "/tmp/fault_figures.json")
 
 
-# --- in-process: the runner's recovery paths ------------------------------------------------
+# --- in-process: the dispatcher's recovery paths ------------------------------------------------
 
 
 @pytest.fixture
@@ -64,7 +65,7 @@ class RecordedShutdown(WorkerShutdown):
 
 @pytest.fixture
 def stopping(monkeypatch):
-    """Shutdown state the runner sees: ``.cluster_stopping.set()`` is SIGTERM to the
+    """Shutdown state the dispatcher sees: ``.cluster_stopping.set()`` is SIGTERM to the
     cluster, ``.signalled.set()`` SIGTERM to the worker process itself."""
     fake = RecordedShutdown()
     monkeypatch.setattr(shutdown, "worker_shutdown", fake)
@@ -73,11 +74,24 @@ def stopping(monkeypatch):
 
 @pytest.fixture
 def enqueued(monkeypatch):
-    """Tasks the code under test enqueued: [(task, batch_id)] (on_commit never fires in db tests)."""
+    """Tasks the code under test enqueued: [(task, arg)] (on_commit never fires in db tests)."""
     calls = []
-    monkeypatch.setattr(batch_runner, "enqueue", lambda task, batch_id=None: calls.append((task, batch_id)))
-    monkeypatch.setattr(tasks, "enqueue", lambda task, batch_id=None: calls.append((task, batch_id)))
+    for module in (dispatcher, tasks, slots, lifecycle):
+        monkeypatch.setattr(module, "enqueue", lambda task, arg=None, **kwargs: calls.append((task, arg)))
     return calls
+
+
+def claim(owner, wanted):
+    now = timezone.now()
+    got = claims.Claimer(owner).claim(
+        upstream_module.default_base_url(),
+        wanted=wanted,
+        unflushed={},
+        feedback=Feedback(),
+        now=now,
+        lease_until=now + timedelta(minutes=1),
+    )
+    return [(pk, batch_id, attempts) for pk, batch_id, attempts, _ in got.rows]
 
 
 def test_shutdown_keeps_finished_results_and_hands_the_rest_back(validated, upstream, settings, stopping, enqueued, monkeypatch):
@@ -87,54 +101,57 @@ def test_shutdown_keeps_finished_results_and_hands_the_rest_back(validated, upst
     flush = ResultWriter.flush
 
     def flush_then_stop(self):
-        flush(self)
-        if Batch.objects.get(pk=self.batch_id).completed_requests >= 4:
+        finished = flush(self)
+        if Batch.objects.get(pk=batch.id).completed_requests >= 4:
             stopping.cluster_stopping.set()
+        return finished
 
     monkeypatch.setattr(ResultWriter, "flush", flush_then_stop)
-    assert tasks.run_batch(batch.id) == "shutdown"
-    assert ("run_batch", batch.id) in enqueued
+    assert tasks.dispatch() == "shutdown"
+    assert ("dispatch", None) in enqueued
     rows = BatchRequest.objects.filter(batch=batch)
     done = rows.filter(status=RequestStatus.SUCCEEDED)
     assert 4 <= done.count() < 12
-    # Nothing stays leased: the next runner starts at once, not after LEASE_SECONDS.
+    # Nothing stays leased: the next dispatcher starts at once, not after LEASE_SECONDS.
     assert set(rows.exclude(status=RequestStatus.SUCCEEDED).values_list("status", "lease_owner", "attempts")) == {
         (RequestStatus.PENDING, None, 0)
     }
-    assert Batch.objects.get(pk=batch.id).slot_expires_at is None
+    assert not DispatcherSlot.objects.filter(owner__isnull=False).exists()
 
     assert stopping.exits == 0  # the cluster stops its workers itself
 
     monkeypatch.setattr(ResultWriter, "flush", flush)
     stopping.cluster_stopping.clear()
-    assert tasks.run_batch(batch.id) == "all_done"
+    assert run_batches() == "idle"
     counts = upstream.stats()["content_counts"]
     assert counts == {f"q{i}": 1 for i in range(12)}  # zero lost, zero repeated
 
 
-def test_a_worker_signalled_itself_exits_once_its_runner_is_done(validated, upstream, stopping, enqueued, monkeypatch):
-    batch = validated([chat_line(f"r{i}", f"q{i}") for i in range(6)])
+def test_a_worker_signalled_itself_exits_once_its_dispatcher_is_done(validated, upstream, stopping, enqueued, monkeypatch):
+    validated([chat_line(f"r{i}", f"q{i}") for i in range(6)])
     flush = ResultWriter.flush
 
     def flush_then_sigterm(self):
-        flush(self)
+        finished = flush(self)
         if not stopping.signalled.is_set():
-            stopping.on_sigterm(signal.SIGTERM, None)  # arrives while the runner works
+            stopping.on_sigterm(signal.SIGTERM, None)  # arrives while the dispatcher works
             assert stopping.exits == 0
+        return finished
 
     monkeypatch.setattr(ResultWriter, "flush", flush_then_sigterm)
-    assert tasks.run_batch(batch.id) == "shutdown"
-    assert stopping.exits == 1  # once the runner handed its batch back
-    assert ("run_batch", batch.id) in enqueued
+    assert tasks.dispatch() == "shutdown"
+    assert stopping.exits == 1  # once the dispatcher handed its rows back
+    assert ("dispatch", None) in enqueued
     stopping.on_sigterm(signal.SIGTERM, None)
     assert stopping.exits == 2  # idle: at once
 
 
-def test_a_stopping_cluster_leaves_fetched_run_tasks_to_the_next_one(validated, upstream, stopping, enqueued):
-    batch = validated([chat_line("a")])
+def test_a_stopping_cluster_leaves_fetched_dispatch_tasks_to_the_next_one(validated, upstream, stopping, enqueued):
+    validated([chat_line("a")])
+    enqueued.clear()
     stopping.cluster_stopping.set()
-    assert tasks.run_batch(batch.id) == "shutdown"
-    assert enqueued == [("run_batch", batch.id)]
+    assert tasks.dispatch() == "shutdown"
+    assert enqueued == [("dispatch", None)]
     assert "/v1/chat/completions" not in upstream.stats()["by_path"]
 
 
@@ -145,43 +162,50 @@ def test_worker_shutdown_hooks_only_cluster_workers():
     assert signal.getsignal(signal.SIGTERM) is handler
 
 
-def test_a_live_runner_takes_over_rows_of_a_dead_one_as_their_leases_lapse(validated, upstream):
+def test_a_live_dispatcher_takes_over_rows_of_a_dead_one_as_their_leases_lapse(validated, upstream):
     batch = validated([chat_line("a", "first"), chat_line("b", "second"), chat_line("c", "third")])
-    dead = BatchRunner(batch.id)
-    dead.claim(2)
+    claim("host:9:dead", 2)
     # Killed long enough ago that its leases stopped being renewed; they lapse in a moment.
-    BatchRequest.objects.filter(batch=batch, lease_owner=dead.owner).update(lease_expires_at=timezone.now() + timedelta(seconds=1))
-    assert tasks.run_batch(batch.id) == "all_done"
+    BatchRequest.objects.filter(batch=batch, lease_owner="host:9:dead").update(lease_expires_at=timezone.now() + timedelta(seconds=1))
+    assert run_batches() == "idle"
     assert Batch.objects.get(pk=batch.id).status == BatchStatus.COMPLETED
     assert upstream.stats()["content_counts"] == {"first": 1, "second": 1, "third": 1}
 
 
-def test_surplus_runners_step_aside_in_owner_order(validated, settings):
-    batch = validated([chat_line(f"r{i}") for i in range(4)])
-    since = timezone.now()
-    rows = list(BatchRequest.objects.filter(batch=batch).order_by("line"))
-    fresh = since + timedelta(seconds=settings.OPENAI_BATCHES.get("LEASE_SECONDS", 60) + 5)
-    for row, owner in zip(rows, ["host:1:aaaa", "host:1:aaaa", "host:3:zzzz", "host:0:dead"]):
-        row.status, row.lease_owner, row.lease_expires_at = RequestStatus.RUNNING, owner, fresh
-    rows[3].lease_expires_at = since  # not renewed since: a dead runner does not count
-    BatchRequest.objects.bulk_update(rows, ["status", "lease_owner", "lease_expires_at"])
+def test_a_restarted_worker_takes_over_the_slot_of_a_dead_dispatcher(validated, settings, enqueued):
+    settings.OPENAI_BATCHES = {**settings.OPENAI_BATCHES, "DISPATCHERS": 1}
+    validated([chat_line("a")])
+    DispatcherSlot.objects.create(slot=0, owner="host:9:dead", lease_expires_at=timezone.now() + timedelta(seconds=1))
+    assert slots.acquire("host:1:new") is None  # to anyone else, a live slot means a live dispatcher
+    tasks.sweep()
+    assert ("dispatch_after_restart", None) not in enqueued
+    tasks.sweep_after_worker_start()
+    assert ("dispatch_after_restart", None) in enqueued
+    # The takeover waits for the holder to renew; a dead one never does, and its slot lapses.
+    assert slots.acquire("host:1:new", takeover=True) == 0
+    assert DispatcherSlot.objects.get(slot=0).owner == "host:1:new"
 
-    middle = BatchRunner(batch.id)
-    middle.owner = "host:2:mmmm"
-    assert middle.outnumbered(since) is True  # "host:1:aaaa" is alive and ordered first
-    first = BatchRunner(batch.id)
-    first.owner = "host:0:0000"
-    assert first.outnumbered(since) is False
-    settings.OPENAI_BATCHES = {**settings.OPENAI_BATCHES, "RUN_TASKS_PER_BATCH": 2}
-    assert middle.outnumbered(since) is False  # two runners wanted: both stay
+
+def test_a_takeover_leaves_when_the_holder_renews(validated, settings, monkeypatch):
+    settings.OPENAI_BATCHES = {**settings.OPENAI_BATCHES, "DISPATCHERS": 1}
+    DispatcherSlot.objects.create(slot=0, owner="host:1:live", lease_expires_at=timezone.now() + timedelta(seconds=30))
+    sleep = slots.time.sleep
+
+    def holder_renews(seconds):
+        slots.renew(0, "host:1:live")
+        sleep(0.01)
+
+    monkeypatch.setattr(slots.time, "sleep", holder_renews)
+    assert slots.acquire("host:2:new", takeover=True) is None
+    assert DispatcherSlot.objects.get(slot=0).owner == "host:1:live"
 
 
 def test_buffered_results_survive_a_failed_write(validated, upstream, monkeypatch):
-    batch = validated([chat_line("a")])
-    runner = BatchRunner(batch.id)
-    ((pk, attempts, _),) = runner.claim(1)
+    validated([chat_line("a")])
+    ((pk, batch_id, attempts),) = claim("host:1:a", 1)
+    writer = ResultWriter("host:1:a", max_attempts=5)
     body = {"object": "chat.completion", "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
-    runner.results.add(pk, attempts, upstream_module.Outcome("succeeded", status_code=200, body=body, request_id="req_1"))
+    writer.add(pk, batch_id, attempts, upstream_module.Outcome("succeeded", status_code=200, body=body, request_id="req_1"))
     update_each = bulk.update_each
 
     def locked_once(*args, **kwargs):
@@ -190,39 +214,29 @@ def test_buffered_results_survive_a_failed_write(validated, upstream, monkeypatc
 
     monkeypatch.setattr(bulk, "update_each", locked_once)
     with pytest.raises(OperationalError):
-        runner.results.flush()
-    assert len(runner.results) == 1
-    runner.results.flush()
-    assert len(runner.results) == 0
+        writer.flush()
+    assert len(writer) == 1
+    writer.flush()
+    assert len(writer) == 0
     assert BatchRequest.objects.get(pk=pk).status == RequestStatus.SUCCEEDED
 
 
-def test_the_runner_rides_out_a_locked_database(validated, upstream, monkeypatch):
-    batch = validated([chat_line(f"r{i}", f"q{i}") for i in range(5)])
-    monkeypatch.setattr(batch_runner, "STATUS_CHECK_SECONDS", 0.0)
-    monkeypatch.setattr(batch_runner, "DATABASE_RETRY_SECONDS", 0.01)
-    should_stop = BatchRunner.batch_stop_reason
+def test_the_dispatcher_rides_out_a_locked_database(validated, upstream, monkeypatch):
+    validated([chat_line(f"r{i}", f"q{i}") for i in range(5)])
+    monkeypatch.setattr(dispatcher, "DATABASE_RETRY_SECONDS", 0.01)
+    real_claim = claims.Claimer.claim
     failures = {"left": 3}
 
-    def flaky(self):
+    def flaky(self, *args, **kwargs):
         if failures["left"]:
             failures["left"] -= 1
             raise OperationalError("database is locked")
-        return should_stop(self)
+        return real_claim(self, *args, **kwargs)
 
-    monkeypatch.setattr(BatchRunner, "batch_stop_reason", flaky)
-    assert tasks.run_batch(batch.id) == "all_done"
+    monkeypatch.setattr(claims.Claimer, "claim", flaky)
+    assert run_batches() == "idle"
     assert failures["left"] == 0
     assert upstream.stats()["content_counts"] == {f"q{i}": 1 for i in range(5)}
-
-
-def test_worker_start_gives_batches_with_live_slots_a_runner(validated, enqueued):
-    running = validated([chat_line("a")])
-    Batch.objects.filter(pk=running.id).update(slot_expires_at=timezone.now() + timedelta(seconds=30))
-    tasks.sweep()
-    assert ("run_batch", running.id) not in enqueued  # to the periodic sweep a live slot means a live runner
-    tasks.sweep_after_worker_start()
-    assert ("run_batch", running.id) in enqueued
 
 
 # --- live fault injection -------------------------------------------------------------------
@@ -375,7 +389,7 @@ def test_sigkill_three_times_loses_and_repeats_nothing_beyond_in_flight(stack, f
         stack.kill_workers(signal.SIGKILL)
         killed_at = time.monotonic()
         _, done = progress(client, batch.id)
-        in_flight = leased_rows(stack, batch.id)  # claimed by the dead runner, result not written
+        in_flight = leased_rows(stack, batch.id)  # claimed by the dead dispatcher, result not written
         stack.start_workers()
         # Recovery without the minute sweeper: the worker-start sweep and lapsing leases.
         wait_for_progress(client, batch.id, min(done + 0.02, 1.0), timeout=90, may_finish=True)
@@ -576,12 +590,12 @@ def test_a_short_completion_window_expires_with_partial_output(fake):
         )
 
 
-def runner_processes(stack, batch_ids):
-    """{(cluster log, worker pid)} of the runners that worked on these batches."""
+def dispatcher_processes(stack, batch_ids):
+    """{(cluster log, worker pid)} of the dispatchers that sent rows of these batches."""
     found = set()
     for cluster in (f"worker{n}" for n in range(stack.worker_processes)):
         for line in stack.log(cluster).splitlines():
-            if "runner.started" in line and any(f"batch_id={batch_id} " in line for batch_id in batch_ids):
+            if "dispatcher.batch_joined" in line and any(f"batch_id={batch_id} " in line for batch_id in batch_ids):
                 owner = line.split(" owner=", 1)[1].split()[0]  # host:pid:run
                 found.add((cluster, int(owner.split(":")[1])))
     return found
@@ -592,7 +606,7 @@ def test_rate_and_concurrency_limits_hold_across_two_worker_processes(fake):
     env = {
         **STACK_ENV,
         "BATCHES_RATE_LIMITS": json.dumps({"fake-model": {"rpm": 600}}),
-        "BATCHES_RUN_TASKS_PER_BATCH": "3",
+        "BATCHES_DISPATCHERS": "2",
         "BATCHES_MAX_CONCURRENT_REQUESTS_PER_BATCH": "8",
     }
     with LiveStack(fake.base_url, workers=2, worker_processes=2, env=env) as pair:
@@ -604,9 +618,9 @@ def test_rate_and_concurrency_limits_hold_across_two_worker_processes(fake):
         assert batch.status == "completed"
         assert_accounted(client, batch, "conc", 200)
         max_in_flight = fake.stats()["max_in_flight"]
-        concurrency_processes = runner_processes(pair, [batch.id])
+        concurrency_processes = dispatcher_processes(pair, [batch.id])
 
-        # Rate: two batches, three runners each, 660 requests against 600 per minute.
+        # Rate: two batches, two dispatchers, 660 requests against 600 per minute.
         reset(fake)
         started = time.monotonic()
         batches = [submit(client, f"rpm{n}", 330) for n in range(2)]
@@ -614,19 +628,19 @@ def test_rate_and_concurrency_limits_hold_across_two_worker_processes(fake):
         took = time.monotonic() - started
         stats = fake.stats()
         arrivals = sorted(t for t, path, _ in fake.records() if path == "/v1/chat/completions")
-        rate_processes = runner_processes(pair, [b.id for b in batches])
+        rate_processes = dispatcher_processes(pair, [b.id for b in batches])
         record(
             "limits_two_worker_processes",
             concurrency_limit=8,
             max_in_flight=max_in_flight,
-            concurrency_runner_processes=len(concurrency_processes),
+            concurrency_dispatcher_processes=len(concurrency_processes),
             rpm_limit=600,
             rpm_max_measured=stats["rpm_max"],
             requests=len(arrivals),
             first_second_burst=sum(1 for t in arrivals if t - arrivals[0] < 1.0),
             seconds=round(took, 1),
             mean_rpm=round(60 * (len(arrivals) - 1) / (arrivals[-1] - arrivals[0]), 1),
-            rate_runner_processes=len(rate_processes),
+            rate_dispatcher_processes=len(rate_processes),
             rate_clusters=len({cluster for cluster, _ in rate_processes}),
         )
         assert max_in_flight <= 8

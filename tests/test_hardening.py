@@ -26,7 +26,7 @@ from batches import tasks
 from batches.models import Batch, BatchStatus, WebhookEndpoint
 from files_app.models import File
 from files_app.views import FileViewSet, clean_filename
-from tests.conftest import chat_line, jsonl
+from tests.conftest import chat_line, jsonl, run_batches
 
 ROOT = Path(__file__).resolve().parent.parent
 MB = 1024 * 1024
@@ -472,8 +472,7 @@ def run_to_the_end(batch):
         batch.refresh_from_db()
         if batch.is_terminal:
             return batch
-        tasks.run_batch(batch.id)
-        tasks.finalize_batch(batch.id)
+        run_batches()
     raise AssertionError(f"batch {batch.id} did not finish: {batch.status}")
 
 

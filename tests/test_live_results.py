@@ -7,7 +7,7 @@ import pytest
 
 from batches import tasks
 from batches.models import Batch, BatchRequest, BatchStatus, RequestStatus
-from tests.conftest import chat_line, upload
+from tests.conftest import chat_line, run_batches, upload
 from tests.live import wait_for_batch, wait_until
 
 ENDPOINT = "/v1/chat/completions"
@@ -23,7 +23,7 @@ def finished_batch(api, make_batch, upstream):
     lines = [chat_line(f"r{i}", "FAIL_400" if i in (2, 4) else f"q{i}") for i in range(1, 6)]
     batch = make_batch(lines, owner=api.user)
     tasks.validate_batch(batch.id)
-    tasks.run_batch(batch.id)
+    run_batches()
     batch.refresh_from_db()
     assert batch.status == BatchStatus.COMPLETED
     return batch

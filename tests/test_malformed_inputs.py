@@ -10,7 +10,7 @@ import pytest
 from batches import tasks
 from batches.models import Batch, BatchRequest, BatchStatus
 from files_app.models import File
-from tests.conftest import chat_line, jsonl
+from tests.conftest import chat_line, jsonl, run_batches
 
 BOUNDARY = "corpus-boundary"
 MULTIPART = f"multipart/form-data; boundary={BOUNDARY}"
@@ -321,7 +321,7 @@ def test_unicode_custom_ids_round_trip_through_a_batch(api, make_file, upstream)
     )
     batch_id = created.json()["id"]
     tasks.validate_batch(batch_id)
-    tasks.run_batch(batch_id)
+    run_batches()
     batch = api.get(f"/v1/batches/{batch_id}").json()
     assert batch["status"] == "completed", batch
     output = api.get(f"/v1/files/{batch['output_file_id']}/content")

@@ -7,7 +7,7 @@ import pytest
 from batches import tasks
 from batches.models import Batch, BatchStatus
 from batches.upstream import Route, route_for
-from tests.conftest import chat_line
+from tests.conftest import chat_line, run_batches
 
 pytestmark = pytest.mark.django_db
 
@@ -109,7 +109,8 @@ def test_an_endpoint_override_sends_that_endpoint_of_the_model_to_its_own_server
     models_setting({"fake-embed": {"base_url": "http://127.0.0.1:9/v1", "endpoints": {"/v1/embeddings": {"base_url": upstream.base_url}}}})
     batch = validated(make_batch([embedding_line(f"e{i}", "fake-embed") for i in range(3)], endpoint="/v1/embeddings"))
 
-    assert tasks.run_batch(batch.id) == "all_done"
+    assert batch.upstream == upstream.base_url  # its budget is the override's server's
+    assert run_batches() == "idle"
 
     batch.refresh_from_db()
     assert batch.status == BatchStatus.COMPLETED

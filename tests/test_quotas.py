@@ -164,7 +164,8 @@ def test_quotas_are_editable_in_the_admin(admin_client, make_api_key, settings):
     page = admin_client.get(url)
     assert b"max_enqueued_prompt_tokens" in page.content
     response = admin_client.post(
-        url, {"name": "team-a", "max_active_batches": "3", "max_batch_creations_per_hour": "", "max_enqueued_requests": "1000"}
+        url,
+        {"name": "team-a", "max_active_batches": "3", "max_batch_creations_per_hour": "", "max_enqueued_requests": "1000", "weight": "1"},
     )
     assert response.status_code == 302, response.content[:2000]
     api_key.refresh_from_db()

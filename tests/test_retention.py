@@ -15,7 +15,7 @@ from batches import tasks
 from batches.checks import check_settings as check_batch_settings
 from files_app.checks import check_settings
 from files_app.models import File
-from tests.conftest import chat_line, jsonl
+from tests.conftest import chat_line, jsonl, run_batches
 from tests.live import wait_for_batch
 
 THIRTY_DAYS = 30 * 86400
@@ -64,7 +64,7 @@ def finished(make_batch, upstream):
     def run(**fields):
         batch = make_batch([chat_line("ok"), chat_line("bad", "FAIL_400")], **fields)
         assert tasks.validate_batch(batch.id) == "in_progress"
-        tasks.run_batch(batch.id)
+        run_batches()
         batch.refresh_from_db()
         assert batch.status == "completed" and batch.output_file_id and batch.error_file_id
         return batch

@@ -1,4 +1,4 @@
-"""Running batches in-process (no qcluster): validate_batch -> run_batch ->
+"""Running batches in-process (no qcluster): validate_batch -> dispatch ->
 finalize against the fake upstream; retries, cancel, expiry, idempotency, leases.
 
 In ``db`` tests ``transaction.on_commit`` callbacks never fire, so nothing is
@@ -14,11 +14,13 @@ from django.utils import timezone
 
 from batches import lifecycle, tasks
 from batches import upstream as upstream_module
-from batches.models import Batch, BatchRequest, BatchStatus, RequestStatus
-from batches.runner import BatchRunner, batch_runner
+from batches.aimd import Feedback
+from batches.claims import Claimer
+from batches.models import Batch, BatchRequest, BatchStatus, DispatcherSlot, RequestStatus
+from batches.runner import dispatcher
 from batches.runner.results import ResultWriter
 from files_app.models import File
-from tests.conftest import chat_line
+from tests.conftest import chat_line, run_batches
 
 
 @pytest.fixture
@@ -46,11 +48,11 @@ def validated(make_batch, upstream):
 
 @pytest.fixture
 def run(validated):
-    """``run(lines)`` -> (outcome of run_batch, the batch afterwards)."""
+    """``run(lines)`` -> (outcome of the dispatcher, the batch afterwards)."""
 
     def do(lines, **fields):
         batch = validated(lines, **fields)
-        outcome = tasks.run_batch(batch.id)
+        outcome = run_batches()
         batch.refresh_from_db()
         return outcome, batch
 
@@ -59,17 +61,17 @@ def run(validated):
 
 @pytest.fixture
 def on_flush(monkeypatch):
-    """``on_flush(callback)``: call ``callback(writer)`` after every flush of a runner's
-    result writer that wrote results (``writer.batch_id`` is the runner's batch)."""
+    """``on_flush(callback)``: call ``callback(batch_ids)`` after every flush of a
+    dispatcher's result writer that finished lines of those batches."""
 
     def install(callback):
         original = ResultWriter.flush
 
         def flush_then_observe(self):
-            pending = len(self) > 0
-            original(self)
-            if pending:
-                callback(self)
+            finished = original(self)
+            if finished:
+                callback(list(finished))
+            return finished
 
         monkeypatch.setattr(ResultWriter, "flush", flush_then_observe)
 
@@ -98,7 +100,7 @@ def chat_calls(fake):
 def test_batch_completes_with_an_output_file(run, upstream):
     contents = [f"question {i}" for i in range(6)]
     outcome, batch = run([chat_line(f"req-{i}", content) for i, content in enumerate(contents)])
-    assert outcome == "all_done"
+    assert outcome == "idle"
     assert batch.status == BatchStatus.COMPLETED
     assert batch.in_progress_at and batch.finalizing_at and batch.completed_at
     assert batch.request_counts() == {"total": 6, "completed": 6, "failed": 0}
@@ -131,7 +133,7 @@ def test_batch_completes_with_an_output_file(run, upstream):
 
     assert upstream.stats()["content_counts"] == {content: 1 for content in contents}
     assert set(BatchRequest.objects.filter(batch=batch).values_list("status", flat=True)) == {RequestStatus.SUCCEEDED}
-    assert batch.slot_expires_at is None and batch.lease_owner is None
+    assert batch.lease_owner is None
 
 
 def test_upstream_4xx_goes_to_the_error_file_unretried(run, upstream):
@@ -169,7 +171,9 @@ def test_counters_update_live_while_running(run, upstream, batch_settings, on_fl
     upstream.configure(latency_ms=50)
     seen = []
     on_flush(
-        lambda r: seen.append(Batch.objects.filter(pk=r.batch_id).values_list("status", "completed_requests", "failed_requests").get())
+        lambda batch_ids: seen.append(
+            Batch.objects.filter(pk=batch_ids[0]).values_list("status", "completed_requests", "failed_requests").get()
+        )
     )
     _, batch = run([chat_line(f"r{i}", "FAIL_400" if i % 4 == 0 else f"q{i}") for i in range(8)])
     assert batch.request_counts() == {"total": 8, "completed": 6, "failed": 2}
@@ -234,7 +238,7 @@ def test_transient_errors_are_retried(validated, upstream, batch_settings, fault
     contents = [f"q{i}" for i in range(15)]
     batch = validated([chat_line(f"r{i}", content) for i, content in enumerate(contents)])
     upstream.configure(**{fault: 0.4}, retry_after_s=0, seed=7)
-    assert tasks.run_batch(batch.id) == "all_done"
+    assert run_batches() == "idle"
     batch.refresh_from_db()
     assert batch.status == BatchStatus.COMPLETED
     assert batch.request_counts() == {"total": 15, "completed": 15, "failed": 0}
@@ -242,7 +246,9 @@ def test_transient_errors_are_retried(validated, upstream, batch_settings, fault
     assert statuses[200] == 15
     assert statuses[status] > 0
     assert set(statuses) == {200, status}
-    assert BatchRequest.objects.filter(batch=batch, attempts__gt=1).exists()
+    attempts = set(BatchRequest.objects.filter(batch=batch).values_list("attempts", flat=True))
+    # A 500 costs an attempt; 429 and 503 are back-pressure, which never does.
+    assert max(attempts) > 1 if status == 500 else attempts == {1}
     output, _ = lines_of(batch)
     assert {line["response"]["body"]["choices"][0]["message"]["content"] for line in output.values()} == {f"echo: {c}" for c in contents}
 
@@ -264,7 +270,7 @@ def test_unreachable_upstream_gives_up_with_no_response(validated, upstream, bat
     batch_settings(MAX_ATTEMPTS=2, CIRCUIT_BREAKER_THRESHOLD=100)
     batch = validated([chat_line("a")])
     upstream.configure(down=True)
-    assert tasks.run_batch(batch.id) == "all_done"
+    assert run_batches() == "idle"
     batch.refresh_from_db()
     assert batch.status == BatchStatus.COMPLETED
     _, errors = lines_of(batch)
@@ -278,17 +284,17 @@ def test_unreachable_upstream_gives_up_with_no_response(validated, upstream, bat
 
 def test_cancel_mid_run_keeps_finished_results(run, upstream, batch_settings, on_flush, monkeypatch):
     batch_settings(MAX_CONCURRENT_REQUESTS_PER_BATCH=2)
-    monkeypatch.setattr(batch_runner, "STATUS_CHECK_SECONDS", 0.05)
+    monkeypatch.setattr(dispatcher, "STATUS_CHECK_SECONDS", 0.05)
     upstream.configure(latency_ms=100)
 
-    def cancel_once(writer):
-        batch = Batch.objects.get(pk=writer.batch_id)
+    def cancel_once(batch_ids):
+        batch = Batch.objects.get(pk=batch_ids[0])
         if batch.status == BatchStatus.IN_PROGRESS:
             assert lifecycle.request_cancel(batch)
 
     on_flush(cancel_once)
     outcome, batch = run([chat_line(f"r{i:02d}", f"q{i}") for i in range(20)])
-    assert outcome == "stopped"
+    assert outcome == "idle"
     assert batch.status == BatchStatus.CANCELLED
     assert batch.cancelling_at is not None and batch.cancelled_at is not None
     assert batch.cancelling_at <= batch.cancelled_at
@@ -310,7 +316,7 @@ def test_cancel_before_running_then_finalize(validated, upstream):
     batch = validated([chat_line("a"), chat_line("b")])
     assert lifecycle.request_cancel(batch)
     assert Batch.objects.get(pk=batch.id).status == BatchStatus.CANCELLING
-    assert tasks.run_batch(batch.id) == "not_running"
+    assert tasks.dispatch() == "idle"
     assert tasks.finalize_batch(batch.id) is True
     batch.refresh_from_db()
     assert batch.status == BatchStatus.CANCELLED
@@ -350,17 +356,17 @@ def test_expired_batch_is_swept_and_finalized(validated, upstream):
         assert line["response"] is None
         assert line["error"]["code"] == "batch_expired"
     assert batch.request_counts() == {"total": 3, "completed": 0, "failed": 3}
-    assert tasks.run_batch(batch.id) == "not_running"
+    assert tasks.dispatch() == "idle"
     assert chat_calls(upstream) == 0
 
 
 def test_expiry_mid_run_keeps_finished_results(run, upstream, batch_settings, on_flush, monkeypatch):
     batch_settings(MAX_CONCURRENT_REQUESTS_PER_BATCH=2)
-    monkeypatch.setattr(batch_runner, "STATUS_CHECK_SECONDS", 0.05)
+    monkeypatch.setattr(dispatcher, "STATUS_CHECK_SECONDS", 0.05)
     upstream.configure(latency_ms=100)
-    on_flush(lambda r: Batch.objects.filter(pk=r.batch_id).update(expires_at=timezone.now() - timedelta(seconds=1)))
+    on_flush(lambda batch_ids: Batch.objects.filter(pk__in=batch_ids).update(expires_at=timezone.now() - timedelta(seconds=1)))
     outcome, batch = run([chat_line(f"r{i:02d}", f"q{i}") for i in range(20)])
-    assert outcome == "stopped"
+    assert outcome == "idle"
     assert batch.status == BatchStatus.EXPIRED
     output, errors = lines_of(batch)
     assert len(output) + len(errors) == 20
@@ -384,7 +390,7 @@ def test_expired_while_validating(make_batch, upstream):
 def test_running_a_finished_batch_again_is_a_no_op(run, upstream):
     _, batch = run([chat_line("a"), chat_line("b")])
     calls, output_id = chat_calls(upstream), batch.output_file_id
-    assert tasks.run_batch(batch.id) == "not_running"
+    assert tasks.dispatch() == "idle"
     assert tasks.finalize_batch(batch.id) is False
     assert tasks.validate_batch(batch.id) == "skipped"
     batch.refresh_from_db()
@@ -393,14 +399,16 @@ def test_running_a_finished_batch_again_is_a_no_op(run, upstream):
     assert File.objects.filter(purpose="batch_output").count() == 1
 
 
-def test_a_busy_slot_makes_the_runner_wait(validated, batch_settings, upstream):
-    batch_settings(MAX_CONCURRENT_BATCHES=1)
-    holder = validated([chat_line("a")])
-    Batch.objects.filter(pk=holder.id).update(slot_expires_at=timezone.now() + timedelta(minutes=1))
-    waiting = validated([chat_line("b")])
-    assert tasks.run_batch(waiting.id) == "no_slot"
+def test_a_dispatcher_leaves_when_every_slot_is_held_by_a_live_one(validated, batch_settings, upstream):
+    batch_settings(DISPATCHERS=1)
+    validated([chat_line("a")])
+    DispatcherSlot.objects.create(slot=0, owner="host:1:live", lease_expires_at=timezone.now() + timedelta(minutes=1))
+    assert tasks.dispatch() == "no_slot"
     assert chat_calls(upstream) == 0
-    assert Batch.objects.get(pk=waiting.id).status == BatchStatus.IN_PROGRESS
+    # A slot whose lease lapsed (its dispatcher died) is taken over.
+    DispatcherSlot.objects.filter(slot=0).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    assert run_batches() == "idle"
+    assert chat_calls(upstream) == 1
 
 
 def succeeded_outcome(pk):
@@ -408,29 +416,43 @@ def succeeded_outcome(pk):
     return upstream_module.Outcome("succeeded", status_code=200, body=body, request_id=f"req_stale_{pk}")
 
 
-def test_results_of_a_runner_whose_lease_was_taken_over_are_discarded(validated):
-    batch = validated([chat_line("a"), chat_line("b")])
-    first = BatchRunner(batch.id)
-    claimed = first.claim(2)
-    assert len(claimed) == 2
-    # The first runner stalls past its lease; a second runner takes the rows over.
-    BatchRequest.objects.filter(batch=batch).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
-    second = BatchRunner(batch.id)
-    assert {pk for pk, _, _ in second.claim(2)} == {pk for pk, _, _ in claimed}
+def claim(owner, wanted):
+    """Rows a dispatcher ``owner`` claims: ``[(pk, batch_id, attempts)]``."""
+    now = timezone.now()
+    got = Claimer(owner).claim(
+        upstream_module.default_base_url(),
+        wanted=wanted,
+        unflushed={},
+        feedback=Feedback(),
+        now=now,
+        lease_until=now + timedelta(minutes=1),
+    )
+    return [(pk, batch_id, attempts) for pk, batch_id, attempts, _ in got.rows]
 
-    for pk, attempts, _ in claimed:
-        first.results.add(pk, attempts, succeeded_outcome(pk))
-    first.results.flush()
-    assert first.results.stats["succeeded"] == 0
+
+def test_results_of_a_dispatcher_whose_lease_was_taken_over_are_discarded(validated, settings):
+    batch = validated([chat_line("a"), chat_line("b")])
+    claimed = claim("host:1:first", 2)
+    assert len(claimed) == 2
+    # The first dispatcher stalls past its lease; a second one takes the rows over.
+    BatchRequest.objects.filter(batch=batch).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    assert {pk for pk, _, _ in claim("host:2:second", 2)} == {pk for pk, _, _ in claimed}
+
+    first = ResultWriter("host:1:first", max_attempts=5)
+    for pk, batch_id, attempts in claimed:
+        first.add(pk, batch_id, attempts, succeeded_outcome(pk))
+    assert first.flush() == {}
+    assert first.stats["succeeded"] == 0
     rows = BatchRequest.objects.filter(batch=batch)
-    assert set(rows.values_list("status", "lease_owner")) == {(RequestStatus.RUNNING, second.owner)}
+    assert set(rows.values_list("status", "lease_owner")) == {(RequestStatus.RUNNING, "host:2:second")}
     assert set(rows.values_list("attempts", flat=True)) == {2}
     assert Batch.objects.get(pk=batch.id).completed_requests == 0
 
-    for pk, attempts, _ in claimed:
-        second.results.add(pk, attempts, succeeded_outcome(pk))
-    second.results.flush()
-    assert second.results.stats["succeeded"] == 2
+    second = ResultWriter("host:2:second", max_attempts=5)
+    for pk, batch_id, attempts in claimed:
+        second.add(pk, batch_id, attempts + 1, succeeded_outcome(pk))
+    assert second.flush() == {batch.id: 2}
+    assert second.stats["succeeded"] == 2
     assert set(rows.values_list("status", "lease_owner")) == {(RequestStatus.SUCCEEDED, None)}
     assert set(rows.values_list("upstream_request_id", flat=True)) == {f"req_stale_{pk}" for pk, _, _ in claimed}
     assert Batch.objects.get(pk=batch.id).completed_requests == 2
@@ -438,25 +460,25 @@ def test_results_of_a_runner_whose_lease_was_taken_over_are_discarded(validated)
 
 def test_results_for_rows_finished_meanwhile_are_discarded(validated):
     batch = validated([chat_line("a")])
-    stale = BatchRunner(batch.id)
-    ((pk, attempts, _),) = stale.claim(1)
-    # Finalization (cancel) ended the row while the runner was still waiting on it.
+    ((pk, batch_id, attempts),) = claim("host:1:stale", 1)
+    # Finalization (cancel) ended the row while the dispatcher was still waiting on it.
     BatchRequest.objects.filter(pk=pk).update(status=RequestStatus.CANCELLED, lease_owner=None, error={"code": "batch_cancelled"})
-    stale.results.add(pk, attempts, succeeded_outcome(pk))
-    stale.results.flush()
+    stale = ResultWriter("host:1:stale", max_attempts=5)
+    stale.add(pk, batch_id, attempts, succeeded_outcome(pk))
+    stale.flush()
     row = BatchRequest.objects.get(pk=pk)
     assert row.status == RequestStatus.CANCELLED
     assert row.response_body is None
     assert Batch.objects.get(pk=batch.id).completed_requests == 0
 
 
-def test_a_dead_runners_rows_are_reclaimed_and_finished(validated, upstream):
+def test_a_dead_dispatchers_rows_are_reclaimed_and_finished(validated, upstream):
     batch = validated([chat_line("a", "first"), chat_line("b", "second")])
-    dead = BatchRunner(batch.id)
-    dead.claim(2)  # then the worker dies: its rows stay running until the lease runs out
-    assert tasks.run_batch(batch.id) == "others_running"
+    claim("host:9:dead", 2)  # then the worker dies: its rows stay running until the lease runs out
+    assert run_batches() == "idle"  # fresh leases: a live dispatcher's, as far as anyone can tell
+    assert Batch.objects.get(pk=batch.id).status == BatchStatus.IN_PROGRESS
     BatchRequest.objects.filter(batch=batch).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
-    assert tasks.run_batch(batch.id) == "all_done"
+    assert run_batches() == "idle"
     batch.refresh_from_db()
     assert batch.status == BatchStatus.COMPLETED
     assert batch.request_counts() == {"total": 2, "completed": 2, "failed": 0}

@@ -18,7 +18,7 @@ from drf_spectacular.validation import validate_schema
 
 from batches import tasks
 from batches.models import WebhookEndpoint
-from tests.conftest import chat_line, jsonl, upload
+from tests.conftest import chat_line, jsonl, run_batches, upload
 from tests.live import wait_for_batch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -156,7 +156,7 @@ def test_batch_responses_match_through_a_whole_life(schema, api, named, upstream
     batch_id = created.json()["id"]
     check(schema, api.get(f"/v1/batches/{batch_id}"), "/v1/batches/{id}", "get")  # validating
     tasks.validate_batch(batch_id)
-    tasks.run_batch(batch_id)
+    run_batches()
     done = check(schema, api.get(f"/v1/batches/{batch_id}"), "/v1/batches/{id}", "get")
     assert done.json()["status"] == "completed" and done.json()["usage"] is not None
     check(schema, api.get("/v1/batches"), "/v1/batches", "get")

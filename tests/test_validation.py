@@ -8,7 +8,7 @@ import pytest
 from batches import tasks
 from batches.models import Batch, BatchRequest, BatchStatus, RequestStatus
 from batches.validation import LineValidator, request_problem
-from tests.conftest import chat_line
+from tests.conftest import chat_line, run_batches
 
 CHAT = "/v1/chat/completions"
 
@@ -329,7 +329,7 @@ def test_request_problems_become_failed_rows_never_sent_upstream(validate, upstr
     assert failed["neg"].error["code"] == "integer_below_min_value"
     assert failed["empty"].response_body["error"]["param"] == "messages"
 
-    assert tasks.run_batch(batch.id) == "all_done"
+    assert run_batches() == "idle"
     batch.refresh_from_db()
     assert batch.status == BatchStatus.COMPLETED
     assert batch.request_counts() == {"total": 4, "completed": 2, "failed": 2}

@@ -18,7 +18,7 @@ from batches import lifecycle, tasks, webhooks
 from batches import queue as batches_queue
 from batches.models import Batch, BatchStatus, DeliveryStatus, WebhookDelivery, WebhookEndpoint
 from batches.signals import batch_finished, batch_status_changed
-from tests.conftest import chat_line
+from tests.conftest import chat_line, run_batches
 
 # --- fixtures -------------------------------------------------------------------------------
 
@@ -155,7 +155,7 @@ def finish_batch(make_batch, upstream, django_capture_on_commit_callbacks):
         with django_capture_on_commit_callbacks(execute=True):
             tasks.validate_batch(batch.id)
         with django_capture_on_commit_callbacks(execute=True):
-            tasks.run_batch(batch.id)
+            run_batches()
         batch.refresh_from_db()
         return batch
 
@@ -653,8 +653,7 @@ def test_signals_for_an_expired_batch(make_batch, upstream, make_user, signal_lo
         batch = make_batch([chat_line("a")], owner=make_user())
         tasks.validate_batch(batch.id)
         Batch.objects.filter(pk=batch.id).update(expires_at=timezone.now() - timedelta(seconds=1))
-        tasks.run_batch(batch.id)  # notices the expiry and queues finalize
-        tasks.finalize_batch(batch.id)
+        run_batches()  # notices the expiry, finalizes
     assert signal_log == [
         ("changed", batch.id, "validating", "in_progress"),
         ("changed", batch.id, "in_progress", "finalizing"),
@@ -691,8 +690,7 @@ def test_every_terminal_status_has_its_event(
             tasks.finalize_batch(batch.id)
         elif end == "expire":
             Batch.objects.filter(pk=batch.id).update(expires_at=timezone.now() - timedelta(seconds=1))
-            tasks.run_batch(batch.id)  # notices the expiry and queues finalize
-            tasks.finalize_batch(batch.id)
+            run_batches()  # notices the expiry, finalizes
     assert task_queue.run() == ["succeeded"]
     event = unwrap(secret, receiver.requests[0])
     assert (event.type, event.data.id) == (event_type, batch.id)

@@ -5,7 +5,8 @@ code as the API, and need the ``change`` permission: view-only staff can look bu
 not act.
 
 * ``batches``: ``BatchAdmin``; ``actions``: its actions; ``requests``: ``BatchRequestAdmin``;
+* ``upstreams``: ``UpstreamStateAdmin``, the scheduler's limit, in-flight count and latency per upstream;
 * ``webhooks``: endpoints and the delivery log; ``display``: shared HTML helpers.
 """
 
-from . import batches, requests, webhooks  # noqa: F401  (each registers its models)
+from . import batches, requests, upstreams, webhooks  # noqa: F401  (each registers its models)

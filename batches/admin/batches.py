@@ -15,7 +15,8 @@ from django_q.models import Task
 from files_app.admin import admin_change_link, file_download_url
 from files_app.models import File
 
-from .. import operations
+from .. import claims, fairshare, operations
+from ..conf import app_settings
 from ..models import STATUS_TIMESTAMP_FIELDS, Batch, BatchRequest, BatchStatus
 from . import actions
 from .display import age, changelist_url, format_duration, status_badge
@@ -63,7 +64,8 @@ class BatchAdmin(admin.ModelAdmin):
         ("Timeline", {"fields": ("timeline",)}),
         ("Validation errors", {"fields": ("errors_table",)}),
         ("Metadata", {"fields": ("metadata_table",)}),
-        ("Workers", {"fields": ("tasks", "lease_owner", "lease_expires_at", "slot_expires_at")}),
+        ("Scheduling", {"fields": ("scheduling",)}),
+        ("Workers", {"fields": ("tasks", "lease_owner", "lease_expires_at")}),
     )
     readonly_fields = [name for _, options in fieldsets for name in options["fields"]]
 
@@ -308,10 +310,35 @@ class BatchAdmin(admin.ModelAdmin):
             pass  # only the ORM broker keeps its queue in the database
         return format_html_join(" · ", "{}", ((link,) for link in links))
 
+    @admin.display(description="scheduling")
+    def scheduling(self, obj):
+        """Its upstream, its owner's share and its place in its owner's queue (docs/scheduling.md)."""
+        if obj.status != BatchStatus.IN_PROGRESS or not obj.upstream:
+            return "—"
+        candidates, state = claims.queue_of(obj.upstream)
+        limit = state.concurrency_limit if state else app_settings.UPSTREAM_INITIAL_IN_FLIGHT
+        mine = next((c for c in candidates if c.batch_id == obj.id), None)
+        in_flight = sum(c.live for c in candidates)
+        upstream_row = ("upstream", f"{obj.upstream} — limit {limit} of {app_settings.UPSTREAM_MAX_IN_FLIGHT}, {in_flight} in flight")
+        rows = [upstream_row]
+        if mine is not None:
+            share = fairshare.shares(candidates, limit)[obj.id]
+            ahead = [c for c in fairshare.owner_order(candidates)[mine.owner_id] if c.priority() < mine.priority()]
+            rows += [
+                ("owner's share", f"{share['owner_share']:.1f} places ({share['owner_in_flight']} in flight)"),
+                ("this batch", f"{mine.live} in flight, {mine.remaining} lines left" + (", behind its window" if mine.at_risk else "")),
+                ("place in the owner's queue", f"{share['position']} of {sum(1 for c in candidates if c.owner_id == mine.owner_id)}"),
+                ("estimated start", estimated_start(mine, ahead, share["owner_in_flight"], state)),
+            ]
+        return render_to_string("admin/batches/includes/key_value_table.html", {"rows": rows, "css_class": "ob-metadata"})
+
     def get_fieldsets(self, request, obj=None):
+        fieldsets = self.fieldsets
         if obj is not None and not obj.errors:
-            return [fieldset for fieldset in self.fieldsets if fieldset[0] != "Validation errors"]
-        return self.fieldsets
+            fieldsets = [fieldset for fieldset in fieldsets if fieldset[0] != "Validation errors"]
+        if obj is not None and obj.status != BatchStatus.IN_PROGRESS:
+            fieldsets = [fieldset for fieldset in fieldsets if fieldset[0] != "Scheduling"]
+        return fieldsets
 
     # --- pages: the worker-health banner, and the detail page's action buttons ---
 
@@ -338,3 +365,14 @@ class BatchAdmin(admin.ModelAdmin):
             **(extra_context or {}),
         }
         return super().change_view(request, object_id, form_url, context)
+
+
+def estimated_start(batch, ahead, owner_in_flight, state):
+    """Now, or once the owner's batches ahead of it are done at its current rate (Little's law)."""
+    if batch.live or not ahead:
+        return "running" if batch.live else "on the next claim"
+    latency = state.latency_ms if state and state.latency_ms else None
+    if not owner_in_flight or not latency:
+        return f"after {len(ahead)} earlier batch(es) of its owner"
+    seconds = sum(c.remaining for c in ahead) / (owner_in_flight / (latency / 1000))
+    return f"in about {format_duration(seconds)} (after {len(ahead)} earlier batch(es) of its owner)"

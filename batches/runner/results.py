@@ -1,5 +1,6 @@
-"""Writing a runner's request outcomes back, in bulk, guarded by its leases."""
+"""Writing a dispatcher's request outcomes back, in bulk, guarded by its leases."""
 
+import collections
 import random
 from datetime import timedelta
 
@@ -12,6 +13,8 @@ from ..conf import app_settings
 from ..models import Batch, BatchRequest, RequestStatus
 
 RESULT_FIELDS = ["status", "status_code", "upstream_request_id", "response_body", "error", "lease_owner", "lease_expires_at", "finished_at"]
+# After back-pressure without a Retry-After (the upstream is full), a line waits about this long.
+BACKPRESSURE_DELAY_SECONDS = (0.05, 0.25)
 
 
 def backoff_delay(attempt, retry_after=None):
@@ -23,44 +26,61 @@ def backoff_delay(attempt, retry_after=None):
     return delay
 
 
-class ResultWriter:
-    """Buffers one runner's outcomes and writes them where its lease still holds.
+def backpressure_delay(retry_after=None):
+    """How long a line answered with back-pressure waits: the upstream's Retry-After, else a moment."""
+    if retry_after is not None:
+        return min(retry_after, app_settings.RETRY_BACKOFF_MAX * 5)
+    return random.uniform(*BACKPRESSURE_DELAY_SECONDS)
 
-    A row whose lease another runner took over, or that finalization ended
+
+class ResultWriter:
+    """Buffers a dispatcher's outcomes (rows of any batch) and writes them where its lease still holds.
+
+    A row whose lease another dispatcher took over, or that finalization ended
     meanwhile, keeps what it has: the outcome is discarded.
     """
 
-    def __init__(self, batch_id, owner, max_attempts):
-        self.batch_id = batch_id
+    def __init__(self, owner, max_attempts):
         self.owner = owner
         self.max_attempts = max_attempts
-        self.buffered = []  # (pk, attempts, upstream.Outcome, refund)
-        self.stats = {"succeeded": 0, "failed": 0, "retried": 0}
+        self.buffered = []  # (pk, batch_id, attempts, upstream.Outcome, refund, backpressure)
+        self.stats = {"succeeded": 0, "failed": 0, "retried": 0, "backpressure": 0}
 
     def __len__(self):
         return len(self.buffered)
 
-    def add(self, pk, attempts, outcome, refund=False):
-        """Buffer the outcome of attempt ``attempts`` of row ``pk``; ``refund``: a retry costs no attempt."""
-        self.buffered.append((pk, attempts, outcome, refund))
+    def add(self, pk, batch_id, attempts, outcome, *, refund=False, backpressure=False):
+        """Buffer the outcome of attempt ``attempts`` of row ``pk``.
+
+        ``refund``: a retry costs no attempt (the circuit breaker was open).
+        ``backpressure``: the upstream was full (429/503): the line goes back to
+        pending without using an attempt and waits only briefly, never fails."""
+        self.buffered.append((pk, batch_id, attempts, outcome, refund, backpressure))
+
+    def unflushed(self):
+        """``{batch_id: rows}`` answered but not written: still leased, no longer in flight."""
+        return collections.Counter(batch_id for _, batch_id, *_ in self.buffered)
 
     def flush(self):
         """Write buffered outcomes in bulk, only where our lease still holds.
 
-        On a database error the outcomes stay buffered for the next attempt."""
+        Returns ``{batch_id: lines finished}``. On a database error the outcomes
+        stay buffered for the next attempt."""
         if not self.buffered:
-            return
+            return {}
         buffered, self.buffered = self.buffered, []
         now = timezone.now()
-        succeeded, failed, retry = [], [], []
-        for pk, attempts, outcome, refund in buffered:
+        succeeded, failed, retry, batch_of = [], [], [], {}
+        for pk, batch_id, attempts, outcome, refund, backpressure in buffered:
+            batch_of[pk] = batch_id
             row = BatchRequest(pk=pk, lease_owner=None, lease_expires_at=None, finished_at=now)
             row.status_code, row.upstream_request_id = outcome.status_code, outcome.request_id
             row.response_body, row.error = outcome.body, outcome.error
-            if outcome.kind == "retry" and (refund or attempts < self.max_attempts):
+            if outcome.kind == "retry" and (refund or backpressure or attempts < self.max_attempts):
                 row.status, row.finished_at = RequestStatus.PENDING, None
-                row.attempts = attempts - 1 if refund else attempts
-                row.not_before = now + timedelta(seconds=backoff_delay(attempts, outcome.retry_after))
+                row.attempts = attempts - 1 if refund or backpressure else attempts
+                delay = backpressure_delay(outcome.retry_after) if backpressure else backoff_delay(attempts, outcome.retry_after)
+                row.not_before = now + timedelta(seconds=delay)
                 retry.append(row)
             elif outcome.kind == "succeeded":
                 row.status, row.error = RequestStatus.SUCCEEDED, None
@@ -70,20 +90,31 @@ class ResultWriter:
                 if outcome.status_code is None:  # never got an answer: only the error is known
                     row.response_body = None
                 failed.append(row)
-        lease = {"batch_id": self.batch_id, "lease_owner": self.owner, "status": RequestStatus.RUNNING}
+        lease = {"lease_owner": self.owner, "status": RequestStatus.RUNNING}
+        finished = {}
         try:
             with transaction.atomic():
                 bulk.relax_commit()
-                done_ok = bulk.update_each(succeeded, RESULT_FIELDS, **lease)
-                done_failed = bulk.update_each(failed, RESULT_FIELDS, **lease)
+                # Per batch, so its counters move by exactly the rows whose lease still held.
+                by_batch = collections.defaultdict(lambda: ([], []))
+                for index, rows in enumerate((succeeded, failed)):
+                    for row in rows:
+                        by_batch[batch_of[row.pk]][index].append(row)
+                for batch_id, (batch_succeeded, batch_failed) in sorted(by_batch.items()):
+                    done_ok = bulk.update_each(batch_succeeded, RESULT_FIELDS, **lease)
+                    done_failed = bulk.update_each(batch_failed, RESULT_FIELDS, **lease)
+                    if done_ok or done_failed:
+                        Batch.objects.filter(pk=batch_id).update(
+                            completed_requests=F("completed_requests") + done_ok, failed_requests=F("failed_requests") + done_failed
+                        )
+                        finished[batch_id] = (done_ok, done_failed)
                 bulk.update_each(retry, RESULT_FIELDS + ["attempts", "not_before"], **lease)
-                if done_ok or done_failed:
-                    Batch.objects.filter(pk=self.batch_id).update(
-                        completed_requests=F("completed_requests") + done_ok, failed_requests=F("failed_requests") + done_failed
-                    )
         except (OperationalError, InterfaceError):
             self.buffered = buffered + self.buffered
             raise
-        self.stats["succeeded"] += done_ok
-        self.stats["failed"] += done_failed
+        for done_ok, done_failed in finished.values():
+            self.stats["succeeded"] += done_ok
+            self.stats["failed"] += done_failed
         self.stats["retried"] += len(retry)
+        self.stats["backpressure"] += sum(1 for entry in buffered if entry[5])
+        return {batch_id: ok + bad for batch_id, (ok, bad) in finished.items()}
