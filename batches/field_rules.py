@@ -141,12 +141,19 @@ def logit_bias(value, param):
     return None
 
 
+# OpenAI's metadata: at most 16 string pairs (the batch's own metadata also caps the lengths, batches/views.py).
+MAX_METADATA_PAIRS = 16
+MAX_METADATA_KEY = 64
+MAX_METADATA_VALUE = 512
+
+
 def metadata(value, param):
     if not isinstance(value, dict):
         return _wrong_type(param, "an object", value)
-    if len(value) > 16:
+    if len(value) > MAX_METADATA_PAIRS:
         return bad(
-            f"Invalid '{param}': too many properties. Expected an object with at most 16 properties, but got {len(value)} instead.",
+            f"Invalid '{param}': too many properties. Expected an object with at most {MAX_METADATA_PAIRS} properties, "
+            f"but got {len(value)} instead.",
             param,
             "object_above_max_properties",
         )

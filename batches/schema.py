@@ -10,8 +10,9 @@ from rest_framework import serializers
 from files_app.schema import enum, errors, path_id, replace_view
 
 from .endpoints import ENDPOINTS
+from .field_rules import MAX_METADATA_KEY, MAX_METADATA_PAIRS, MAX_METADATA_VALUE
 from .models import Batch, BatchStatus, WebhookEndpoint, WebhookEventType
-from .views import MAX_METADATA_KEY, MAX_METADATA_PAIRS, MAX_METADATA_VALUE, MAX_RESULTS_LIMIT, OUTPUT_EXPIRES_AFTER_RANGE, RESULT_STATUSES
+from .views import MAX_RESULTS_LIMIT, OUTPUT_EXPIRES_AFTER_RANGE, RESULT_STATUSES
 
 
 @extend_schema_field(

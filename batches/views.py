@@ -15,14 +15,12 @@ from files_app.views import MAX_EXPIRES_AFTER, MIN_EXPIRES_AFTER
 
 from . import lifecycle, operations, quotas, windows
 from .endpoints import enabled_endpoints
+from .field_rules import MAX_METADATA_KEY, MAX_METADATA_PAIRS, MAX_METADATA_VALUE
 from .models import Batch, BatchStatus, RequestStatus
 from .output import RESULT_FIELDS, result_line
 
 logger = logging.getLogger("openai_batches.api")
 
-MAX_METADATA_PAIRS = 16
-MAX_METADATA_KEY = 64
-MAX_METADATA_VALUE = 512
 # Output files take the bounds of any file's expires_after (OpenAI's).
 OUTPUT_EXPIRES_AFTER_RANGE = (MIN_EXPIRES_AFTER, MAX_EXPIRES_AFTER)
 MAX_FILE_ID_LENGTH = File._meta.get_field("id").max_length
