@@ -138,6 +138,14 @@ def test_token_estimate_counts_text_and_the_output_cap():
     assert estimate_tokens(body) == 101 + 100
     assert estimate_tokens({"model": "m", "input": ["abcd", "efgh"], "max_output_tokens": 7}) == 2 + 7
     assert estimate_tokens({"model": "m", "prompt": "abc", "max_tokens": True, "n": 0}) == 1
+    # Strings at any depth count (content parts, tool definitions); the model name never does.
+    parts = [{"type": "text", "text": "abcd" * 3}, {"type": "image_url", "image_url": {"url": "u" * 11}}]
+    body = {"model": "m" * 50, "messages": [{"role": "user", "content": parts}], "tools": [{"function": {"name": "f" * 8}}]}
+    assert estimate_tokens(body) == 12  # 4 + 4 + 12 + 9 + 11 + 8 = 48 characters
+
+
+def test_a_model_that_is_not_a_string_is_left_out_of_the_estimate():
+    assert estimate_tokens({"model": {"id": "x" * 40}, "prompt": "abcd"}) == 1
 
 
 @pytest.mark.django_db
