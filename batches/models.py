@@ -199,14 +199,6 @@ class BatchRequestQuerySet(models.QuerySet):
     def live_leases(self, now=None):
         return self.filter(status=RequestStatus.RUNNING, lease_expires_at__gt=now or timezone.now())
 
-    def claimable(self, now=None):
-        """Pending rows whose backoff has passed, and running rows whose worker died."""
-        now = now or timezone.now()
-        return self.filter(
-            models.Q(status=RequestStatus.PENDING) & (models.Q(not_before__isnull=True) | models.Q(not_before__lte=now))
-            | models.Q(status=RequestStatus.RUNNING, lease_expires_at__lte=now)
-        )
-
 
 class BatchRequest(models.Model):
     """One line of a batch's input file, and what became of it."""
