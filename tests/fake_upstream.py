@@ -38,7 +38,7 @@ Stats semantics: every ``/v1/*`` request counts in ``requests_total`` and
 only counts requests that got an HTTP answer, ``dropped`` (``down``) and
 ``hung`` (``timeout_rate``) count those that did not; ``rejected_over_capacity``
 counts the 429s of ``max_concurrency``. ``in_flight`` counts every open inference
-request, rejected ones included while they are answered; ``in_flight_time_s`` maps
+request (not ``/v1/models``), rejected ones included while they are answered; ``in_flight_time_s`` maps
 each in-flight level to the seconds spent at it (exact, time-weighted), and the
 timeline gives, per slice, the time-weighted mean and the max of in-flight, arrivals,
 200s, capacity 429s and 200s per ``user`` (the body's ``user`` field, which a
@@ -261,6 +261,10 @@ def _echo(text: str) -> str:
 def _embedding(item: Any) -> list[float]:
     digest = hashlib.blake2b(_item_text(item).encode(), digest_size=2 * EMBEDDING_DIM).digest()
     return [round(v / 32767.5 - 1.0, 6) for v in struct.unpack(f"<{EMBEDDING_DIM}H", digest)]
+
+
+def is_models_route(path: str) -> bool:
+    return path == "/v1/models" or path.startswith("/v1/models/")
 
 
 def content_key(path: str, body: dict) -> str | None:
@@ -534,7 +538,8 @@ class FakeUpstream:
         user = body.get("user") if isinstance(body, dict) else None
         capacity = cfg["max_concurrency"]
         with self._lock:
-            over_capacity = capacity is not None and path != "/v1/models" and self._in_flight >= capacity
+            inference = not is_models_route(path)  # listing models is not a call a budget limits
+            over_capacity = capacity is not None and inference and self._in_flight >= capacity
             self._requests_total += 1
             self._by_path[path] += 1
             if key is not None:
@@ -548,7 +553,8 @@ class FakeUpstream:
             if self._timeline_origin is None:
                 self._timeline_origin = mono
             self._advance(mono)
-            self._in_flight += 1
+            if inference:
+                self._in_flight += 1
             if self._in_flight > self._max_in_flight:
                 self._max_in_flight = self._in_flight
             bucket = self._bucket(self._slice_index(mono))
@@ -575,7 +581,8 @@ class FakeUpstream:
         with self._lock:
             mono = time.monotonic()
             self._advance(mono)
-            self._in_flight -= 1
+            if not is_models_route(record[1]):
+                self._in_flight -= 1
             record[2] = status
             if status:
                 self._by_status[str(status)] += 1
