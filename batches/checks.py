@@ -42,6 +42,11 @@ def check_settings(app_configs, **kwargs):
         value = getattr(app_settings, key)
         if not isinstance(value, int) or value < 1:
             messages.append(Error(f"{SETTING_NAME}[{key!r}] must be a positive integer, got {value!r}.", id="openai_batches.E004"))
+    drain = app_settings.CANCEL_DRAIN_SECONDS
+    if isinstance(drain, bool) or not isinstance(drain, int | float) or not math.isfinite(drain) or drain < 0:
+        messages.append(
+            Error(f"{SETTING_NAME}['CANCEL_DRAIN_SECONDS'] must be a number of seconds >= 0, got {drain!r}.", id="openai_batches.E004")
+        )
     messages.extend(check_ttl("DEFAULT_OUTPUT_FILE_TTL", app_settings.DEFAULT_OUTPUT_FILE_TTL))
     messages.extend(check_default_quotas(app_settings.DEFAULT_QUOTAS))
     for key, replacement in RETIRED.items():

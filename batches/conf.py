@@ -61,6 +61,12 @@ DEFAULTS = {
     # On SIGTERM (a deploy), in-flight upstream calls get this long to finish before
     # their requests are handed back; keep it under the orchestrator's stop timeout.
     "SHUTDOWN_GRACE_SECONDS": 5.0,
+    # A cancelled (or expired) batch sends nothing new at once, but calls already in
+    # flight may finish for this long and keep their results, as OpenAI keeps a batch
+    # `cancelling` until in-flight requests complete (up to 10 minutes). Calls still
+    # unanswered then end as `batch_cancelled` / `batch_expired`. The admin action
+    # "Force-finish cancelling batches" ends the wait at once.
+    "CANCEL_DRAIN_SECONDS": 600.0,
     # --- Batch limits (OpenAI's) ---
     # completion_window values a batch may ask for (batches/windows.py): OpenAI's only
     # value is "24h"; e.g. ["1h", "24h", "7d"] offers a fast and a background tier.

@@ -6,6 +6,8 @@ created with ``lifecycle.create_batch`` so they are validated and run like any
 batch a client submits.
 
 * ``cancel``: the API's cancel.
+* ``force_finish``: end a cancelling (or expired, ``finalizing``) batch now instead of
+  letting its calls in flight drain for CANCEL_DRAIN_SECONDS.
 * ``retry_failed_requests``: a new batch from the failed, cancelled and expired
   lines of a finished batch (same owner, endpoint, metadata), linked to it by
   ``retry_of``.
@@ -32,7 +34,7 @@ from django_q.status import Stat
 
 from files_app.models import File, FilePurpose
 
-from . import lifecycle
+from . import lifecycle, output
 from .models import CANCELLABLE_STATUSES, Batch, BatchStatus, RequestStatus
 
 logger = logging.getLogger("openai_batches.operations")
@@ -65,6 +67,22 @@ def cancel(batch, actor=None):
     if cancelled:
         logger.info("batch.cancel_requested batch_id=%s actor=%s via=admin", batch.id, _actor(actor))
     return cancelled
+
+
+def force_finish_refusal(batch):
+    """Why ``batch`` cannot be force-finished, or None when it can."""
+    if batch.status in (BatchStatus.CANCELLING, BatchStatus.FINALIZING):
+        return None
+    return f"status is {batch.status}"
+
+
+def force_finish(batch, actor=None):
+    """Finalize ``batch`` now: calls still in flight end as ``batch_cancelled`` (or
+    ``batch_expired``) and their late results are discarded. True if this call ended it."""
+    finished = output.finalize_batch(batch.id, force=True)
+    if finished:
+        logger.info("batch.force_finished batch_id=%s actor=%s via=admin", batch.id, _actor(actor))
+    return finished
 
 
 # --- retry failed requests ----------------------------------------------------------

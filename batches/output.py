@@ -76,16 +76,19 @@ def final_status_for(batch, has_unfinished, now):
     return BatchStatus.EXPIRED if (has_unfinished or (expired and batch.in_progress_at is None)) else BatchStatus.COMPLETED
 
 
-def finalize_batch(batch_id):
+def finalize_batch(batch_id, *, force=False):
     """Write output/error files and end the batch. Idempotent; safe to call from anywhere.
 
-    Does nothing while a runner still holds live leases on the batch's rows: that
-    runner finalizes when it stops.
+    Does nothing while a dispatcher still holds live leases on the batch's rows (calls
+    in flight draining after a cancel or expiry): it queues the finalization when they
+    are done. ``force`` (the admin's force-finish) does not wait: rows still in flight
+    end as unfinished, and their dispatcher's late results are discarded (its leases
+    no longer hold).
     """
     batch = Batch.objects.filter(pk=batch_id).first()
     if batch is None or batch.status not in (BatchStatus.FINALIZING, BatchStatus.CANCELLING):
         return False
-    if BatchRequest.objects.filter(batch_id=batch_id).live_leases().exists():
+    if not force and BatchRequest.objects.filter(batch_id=batch_id).live_leases().exists():
         return False
     owner = lifecycle.worker_id()
     if not lifecycle.acquire_batch_lease(batch_id, owner, [BatchStatus.FINALIZING, BatchStatus.CANCELLING]):

@@ -309,6 +309,35 @@ def test_cancelled_batch_finishes_through_the_workers_code(admin_client, running
     assert set(running_batch.requests.values_list("status", flat=True)) == {RequestStatus.CANCELLED}
 
 
+def test_force_finish_ends_a_cancelling_batch_without_waiting_for_calls_in_flight(admin_client, running_batch, batch_with_failures):
+    in_flight = list(running_batch.requests.order_by("line")[:2].values_list("pk", flat=True))
+    # A dispatcher has two calls in flight (live leases) when the batch is cancelled: it drains them.
+    running_batch.requests.filter(pk__in=in_flight).update(
+        status=RequestStatus.RUNNING, lease_owner="host:1:drainer", lease_expires_at=timezone.now() + timedelta(minutes=5)
+    )
+    run_action(admin_client, "cancel_batches", [running_batch])
+    assert tasks.finalize_batch(running_batch.id) is False
+    detail = admin_client.get(reverse("admin:batches_batch_change", args=[quote(running_batch.id)])).content.decode()
+    assert 'value="force_finish_batches"' in detail
+
+    response = run_action(admin_client, "force_finish_batches", [running_batch, batch_with_failures], confirm=False)
+    html = response.content.decode()
+    assert "Finish these batches now?" in html and "cancelling, 2 requests in flight" in html and "status is completed" in html
+    assert Batch.objects.get(pk=running_batch.id).status == BatchStatus.CANCELLING  # nothing happened yet
+
+    response = run_action(admin_client, "force_finish_batches", [running_batch, batch_with_failures])
+    assert response.status_code == 302
+    running_batch.refresh_from_db()
+    assert running_batch.status == BatchStatus.CANCELLED
+    assert running_batch.request_counts() == {"total": 4, "completed": 0, "failed": 4}
+    rows = running_batch.requests.all()
+    assert set(rows.values_list("status", flat=True)) == {RequestStatus.CANCELLED}
+    assert {row.error["code"] for row in rows} == {"batch_cancelled"}
+    notes = messages_of(response)
+    assert any(f"Finished 1 batch now: {running_batch.id}" in note for note in notes)
+    assert any(batch_with_failures.id in note and "Not force-finished" in note for note in notes)
+
+
 def test_nothing_cancellable_reports_without_a_confirmation_page(admin_client, batch_with_failures):
     response = run_action(admin_client, "cancel_batches", [batch_with_failures], confirm=False)
     assert response.status_code == 302

@@ -7,6 +7,7 @@ enqueued on django-q2: every task is called directly here.
 
 import asyncio
 import json
+import time
 from datetime import timedelta
 
 import pytest
@@ -310,6 +311,76 @@ def test_cancel_mid_run_keeps_finished_results(run, upstream, batch_settings, on
     # Nothing was sent after the cancel took effect beyond what finished.
     assert chat_calls(upstream) == len(output)
     assert not BatchRequest.objects.filter(batch=batch).unfinished().exists()
+
+
+@pytest.fixture
+def cancel_once_in_flight(monkeypatch):
+    """Cancel every running batch the first time a dispatcher claims while calls of it are in flight."""
+    original = Claimer.claim
+
+    def cancel_then_claim(self, *args, **kwargs):
+        in_flight = Batch.objects.filter(status=BatchStatus.IN_PROGRESS, requests__status=RequestStatus.RUNNING).distinct()
+        for batch in in_flight:
+            assert lifecycle.request_cancel(batch)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Claimer, "claim", cancel_then_claim)
+
+
+def test_calls_in_flight_at_cancel_finish_and_keep_their_results(run, upstream, batch_settings, cancel_once_in_flight, monkeypatch):
+    batch_settings(MAX_CONCURRENT_REQUESTS_PER_BATCH=2, CANCEL_DRAIN_SECONDS=30)
+    monkeypatch.setattr(dispatcher, "STATUS_CHECK_SECONDS", 0.05)
+    upstream.configure(latency_ms=1500)
+    outcome, batch = run([chat_line(f"r{i}", f"q{i}") for i in range(6)])
+    assert outcome == "idle"
+    assert batch.status == BatchStatus.CANCELLED
+    output, errors = lines_of(batch)
+    # The two calls sent before the cancel were answered after it: real results, not batch_cancelled.
+    assert set(output) == {"r0", "r1"}
+    assert [output[cid]["response"]["body"]["choices"][0]["message"]["content"] for cid in ("r0", "r1")] == ["echo: q0", "echo: q1"]
+    assert set(errors) == {"r2", "r3", "r4", "r5"}
+    assert {line["error"]["code"] for line in errors.values()} == {"batch_cancelled"}
+    assert chat_calls(upstream) == 2  # nothing new was sent after the cancel
+    assert batch.request_counts() == {"total": 6, "completed": 2, "failed": 4}
+
+
+def test_cancel_drain_seconds_bounds_the_wait_for_calls_in_flight(validated, upstream, batch_settings, cancel_once_in_flight, monkeypatch):
+    batch_settings(MAX_CONCURRENT_REQUESTS_PER_BATCH=2, CANCEL_DRAIN_SECONDS=0.2)
+    monkeypatch.setattr(dispatcher, "STATUS_CHECK_SECONDS", 0.05)
+    batch = validated([chat_line(f"r{i}", f"q{i}") for i in range(4)])
+    upstream.configure(latency_ms=4000)
+    started = time.monotonic()
+    assert run_batches() == "idle"
+    assert time.monotonic() - started < 3  # the answers, due after 4 s, were not waited for
+    batch.refresh_from_db()
+    assert batch.status == BatchStatus.CANCELLED
+    output, errors = lines_of(batch)
+    assert output == {}
+    assert set(errors) == {"r0", "r1", "r2", "r3"}
+    assert all(line["response"] is None and line["error"]["code"] == "batch_cancelled" for line in errors.values())
+    assert chat_calls(upstream) == 2
+    assert batch.request_counts() == {"total": 4, "completed": 0, "failed": 4}
+
+
+def test_a_dispatcher_killed_while_draining_leaves_every_line_accounted_for(validated, upstream):
+    batch = validated([chat_line("a"), chat_line("b"), chat_line("c")])
+    claimed = claim("host:9:dead", 2)  # two calls in flight, then the cancel, then the worker dies
+    assert lifecycle.request_cancel(batch)
+    assert tasks.finalize_batch(batch.id) is False  # live leases: the calls are draining
+    BatchRequest.objects.filter(batch=batch).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    assert tasks.sweep()["finalize"] == 1
+    assert tasks.finalize_batch(batch.id) is True
+    batch.refresh_from_db()
+    assert batch.status == BatchStatus.CANCELLED
+    _, errors = lines_of(batch)
+    assert set(errors) == {"a", "b", "c"}
+    assert {line["error"]["code"] for line in errors.values()} == {"batch_cancelled"}
+    # The dead dispatcher's answers, should it come back, are discarded: each line has one result.
+    late = ResultWriter("host:9:dead", max_attempts=5)
+    for pk, batch_id, attempts in claimed:
+        late.add(pk, batch_id, attempts, succeeded_outcome(pk))
+    assert late.flush() == {}
+    assert Batch.objects.get(pk=batch.id).request_counts() == {"total": 3, "completed": 0, "failed": 3}
 
 
 def test_cancel_before_running_then_finalize(validated, upstream):

@@ -3,6 +3,7 @@ gunicorn + qcluster + the fake upstream (the session-scoped ``live_stack``)."""
 
 import io
 import json
+import time
 
 import openai
 import pytest
@@ -106,6 +107,35 @@ def test_cancel_mid_run_keeps_partial_results(live_client, fake_upstream):
     assert batch.request_counts.completed == len(output) < total
     cancelled = [line for line in errors.values() if line["error"]["code"] == "batch_cancelled"]
     assert cancelled and all(line["response"] is None for line in cancelled)
+
+
+def test_calls_in_flight_at_cancel_keep_their_results(live_client, fake_upstream):
+    fake_upstream.configure(latency_ms=6000)  # longer than the 5 s the runner used to give them
+    total = 40
+    uploaded = upload(live_client, [chat_line(f"r{i:02d}", f"q{i}") for i in range(total)], filename="drain.jsonl")
+    batch = create_batch(live_client, uploaded.id)
+    chat_calls = lambda: fake_upstream.stats()["by_path"].get(ENDPOINT, 0)  # noqa: E731
+    wait_until(lambda: chat_calls() > 0, 30, interval=0.05, what="a call in flight")
+
+    requested = time.monotonic()
+    assert live_client.batches.cancel(batch.id).status == "cancelling"
+    batch = wait_for_batch(live_client, batch.id, timeout=60)
+    took = time.monotonic() - requested
+    assert batch.status == "cancelled"
+    assert took < 20  # cancelled once the calls were answered, not at a later sweep
+    sent = chat_calls()
+    output = download_jsonl(live_client, batch.output_file_id) if batch.output_file_id else {}
+    errors = download_jsonl(live_client, batch.error_file_id)
+    # Every call sent was answered after the cancel and its answer is in the output file.
+    assert 0 < len(output) == sent < total
+    for cid, line in output.items():
+        assert line["response"]["status_code"] == 200
+        assert line["response"]["body"]["choices"][0]["message"]["content"] == f"echo: q{int(cid[1:])}"
+    assert len(errors) == total - sent
+    assert all(line["response"] is None and line["error"]["code"] == "batch_cancelled" for line in errors.values())
+    assert (batch.request_counts.total, batch.request_counts.completed, batch.request_counts.failed) == (total, sent, total - sent)
+    time.sleep(1)
+    assert chat_calls() == sent  # nothing was sent after the cancel
 
 
 def test_deleting_the_input_file_right_after_create_never_hangs(live_client):

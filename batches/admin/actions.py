@@ -1,4 +1,4 @@
-"""The batch admin's actions: cancel, retry the failed lines, re-run. Each goes
+"""The batch admin's actions: cancel, force-finish a cancel, retry the failed lines, re-run. Each goes
 through ``batches.operations`` (the same lifecycle code as the API), shows a
 confirmation page first and needs the ``change`` permission."""
 
@@ -10,6 +10,7 @@ from files_app.admin import confirmation_page, report_refused
 from files_app.models import File
 
 from .. import operations
+from ..models import RequestStatus
 
 
 @admin.action(description="Cancel selected batches", permissions=["change"])
@@ -43,6 +44,44 @@ def cancel_batches(modeladmin, request, queryset):
         question="Cancel these batches?",
         consequence="Workers stop sending their requests; finished results are kept in the output and error files.",
         button="Yes, cancel them",
+        eligible=eligible,
+        refused=refused,
+    )
+
+
+@admin.action(description="Force-finish cancelling batches", permissions=["change"])
+def force_finish_batches(modeladmin, request, queryset):
+    eligible, refused = [], []
+    for batch in queryset:
+        refusal = operations.force_finish_refusal(batch)
+        if refusal:
+            refused.append((batch, refusal))
+        else:
+            in_flight = batch.requests.filter(status=RequestStatus.RUNNING).count()
+            eligible.append((batch, f"{batch.status}, {in_flight} request{'s' if in_flight != 1 else ''} in flight"))
+    if request.POST.get("post") == "yes":
+        done, missed = [], []
+        for batch, _ in eligible:
+            (done if operations.force_finish(batch, request.user) else missed).append(batch)
+        if done:
+            modeladmin.message_user(
+                request,
+                f"Finished {len(done)} batch{'es' if len(done) != 1 else ''} now: {', '.join(b.id for b in done)}.",
+                messages.SUCCESS,
+            )
+        report_refused(modeladmin, request, "force-finished", refused + [(batch, "its status changed meanwhile") for batch in missed])
+        return None
+    if not eligible:
+        report_refused(modeladmin, request, "force-finished", refused)
+        return None
+    return confirmation_page(
+        modeladmin,
+        request,
+        action="force_finish_batches",
+        question="Finish these batches now?",
+        consequence="Their requests still in flight are not waited for: they end as batch_cancelled (batch_expired for an expired "
+        "batch) and their late answers are discarded. Finished results are kept.",
+        button="Yes, finish them now",
         eligible=eligible,
         refused=refused,
     )

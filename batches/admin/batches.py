@@ -56,7 +56,7 @@ class BatchAdmin(admin.ModelAdmin):
     ordering = ("-created_at",)
     list_per_page = 50
     empty_value_display = "—"
-    actions = [actions.cancel_batches, actions.retry_failed_requests, actions.rerun_batches]
+    actions = [actions.cancel_batches, actions.force_finish_batches, actions.retry_failed_requests, actions.rerun_batches]
     fieldsets = (
         (None, {"fields": ("id", "status_badge", "owner", "endpoint", "model", "completion_window", "lineage", "idempotency_key")}),
         ("Progress", {"fields": ("progress", "counts", "request_links", "usage_table")}),
@@ -353,10 +353,16 @@ class BatchAdmin(admin.ModelAdmin):
             available = self.get_actions(request)
             checks = {
                 "cancel_batches": lambda: operations.cancel_refusal(batch),
+                "force_finish_batches": lambda: operations.force_finish_refusal(batch),
                 "retry_failed_requests": lambda: operations.retry_refusal(batch),
                 "rerun_batches": lambda: operations.rerun_refusal(batch),
             }
-            labels = {"cancel_batches": "Cancel batch", "retry_failed_requests": "Retry failed requests", "rerun_batches": "Re-run batch"}
+            labels = {
+                "cancel_batches": "Cancel batch",
+                "force_finish_batches": "Force-finish now",
+                "retry_failed_requests": "Retry failed requests",
+                "rerun_batches": "Re-run batch",
+            }
             buttons = [(name, labels[name]) for name, check in checks.items() if name in available and check() is None]
         context = {
             "batch_actions": buttons,

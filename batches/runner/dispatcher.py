@@ -9,7 +9,9 @@ owns the HTTP calls. Each round it:
 2. **writes** outcomes in bulk, guarded by its leases (``results.py``);
    a batch with no unfinished line left goes to finalization (another task);
 3. every second **checks** the running batches: upstreams with work, expiry,
-   cancelled batches (their calls stop within ``STOP_GRACE_SECONDS``);
+   cancelled and expired batches: nothing new is sent for them, calls in flight
+   finish and keep their results (within ``CANCEL_DRAIN_SECONDS``), then the
+   batch's finalization is queued;
    every heartbeat it renews its leases, every second its slot;
 4. **sends** claimed rows as breakers and rate limits (``ratelimit.py``) allow;
 5. **claims** more per upstream (``claims.py``): one transaction that applies the
@@ -50,8 +52,8 @@ logger = logging.getLogger("openai_batches.dispatcher")
 FLUSH_EVERY_SECONDS = 0.1
 FLUSH_EVERY_RESULTS = 64
 STATUS_CHECK_SECONDS = 1.0
-# How long in-flight requests may finish after a cancel or expiry before being abandoned.
-STOP_GRACE_SECONDS = 5.0
+# In-flight calls get at least this long at the end of a slice, whatever django-q2's timeout.
+MIN_SLICE_DRAIN_SECONDS = 5.0
 # A lease renewed less than a heartbeat (plus this) ago belongs to a live dispatcher.
 HEARTBEAT_SLACK_SECONDS = 1.0
 # After a database error, retry this often; give up once our leases must have lapsed.
@@ -61,6 +63,8 @@ DATABASE_RETRY_SECONDS = 0.5
 CLAIM_POLL_SECONDS = 0.1
 # Rows leased per claim at most: keeps the claim transaction short.
 CLAIM_MAX_ROWS = 64
+# A stopped batch in these statuses still waits for its calls in flight; any other is finished.
+DRAINING_STATUSES = (BatchStatus.CANCELLING, BatchStatus.FINALIZING)
 
 
 class EventLoopThread:
@@ -97,7 +101,7 @@ class Job:
     limiter: ratelimit.Limiter | None
     lane: "Lane"
     in_flight: int = 0
-    stop_deadline: float | None = None  # set when the batch left in_progress
+    stop_deadline: float | None = None  # set when the batch left in_progress: its calls drain until then
 
 
 class Lane:
@@ -199,6 +203,9 @@ class Dispatcher:
             self._release_unsent()
             self._release_in_flight(list(self.in_flight))
             self._flush()
+            for job in self.jobs.values():
+                if job.stop_deadline is not None:  # a draining batch we leave: end it now, not at the next sweep
+                    enqueue("finalize_batch", job.batch_id)
         except (OperationalError, InterfaceError):
             # The database is gone: our leases lapse and another dispatcher redoes these rows.
             logger.exception("dispatcher.wind_down_failed owner=%s", self.owner)
@@ -305,7 +312,7 @@ class Dispatcher:
         upstream timeout, within what django-q2 allows the task (E012 keeps a minute)."""
         task_timeout = (getattr(settings, "Q_CLUSTER", None) or {}).get("timeout")
         budget = task_timeout - app_settings.RUN_SLICE_SECONDS - 10 if task_timeout else app_settings.UPSTREAM_TIMEOUT
-        return max(STOP_GRACE_SECONDS, min(app_settings.UPSTREAM_TIMEOUT, budget))
+        return max(MIN_SLICE_DRAIN_SECONDS, min(app_settings.UPSTREAM_TIMEOUT, budget))
 
     def _when_idle(self):
         """Nothing in flight, nothing claimable: wait for work that is coming, or leave."""
@@ -332,7 +339,11 @@ class Dispatcher:
     # --- batches: discovery, expiry, cancel, completion ----------------------------------
 
     def _check_batches(self, now):
-        """Which upstreams have work; expire late batches; stop sending for batches that left in_progress."""
+        """Which upstreams have work; expire late batches; stop sending for batches that left in_progress.
+
+        A stopped batch's calls in flight drain for CANCEL_DRAIN_SECONDS (OpenAI keeps a
+        cancelled batch ``cancelling`` until they complete); once the batch is no longer
+        waiting for them (force-finished in the admin), they are dropped at once."""
         in_progress = {}
         running = Batch.objects.filter(status=BatchStatus.IN_PROGRESS)
         for pk, base_url, model, endpoint, expires_at, total, completed, failed in running.values_list(
@@ -351,9 +362,14 @@ class Dispatcher:
         self.dispatchers = max(1, slots.live_count())
         for job in self.jobs.values():
             if job.batch_id not in in_progress and job.stop_deadline is None:
-                job.stop_deadline = now + STOP_GRACE_SECONDS
+                job.stop_deadline = now + app_settings.CANCEL_DRAIN_SECONDS
                 self._release_unsent(job)
                 logger.info("dispatcher.batch_stopped owner=%s batch_id=%s in_flight=%d", self.owner, job.batch_id, job.in_flight)
+        draining = [job.batch_id for job in self.jobs.values() if job.stop_deadline is not None and job.in_flight]
+        if draining:
+            waiting = set(Batch.objects.filter(pk__in=draining, status__in=DRAINING_STATUSES).values_list("pk", flat=True))
+            for batch_id in set(draining) - waiting:
+                self.jobs[batch_id].stop_deadline = now
 
     def _settle_stopped_batches(self, now):
         """Once a stopped batch's last calls finished (or ran out of time), write them and queue its finalization."""
