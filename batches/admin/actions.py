@@ -42,7 +42,8 @@ def cancel_batches(modeladmin, request, queryset):
         request,
         action="cancel_batches",
         question="Cancel these batches?",
-        consequence="Workers stop sending their requests; finished results are kept in the output and error files.",
+        consequence="Workers send nothing more; calls already in flight finish (up to CANCEL_DRAIN_SECONDS) and, like finished results, "
+        "are kept in the output and error files.",
         button="Yes, cancel them",
         eligible=eligible,
         refused=refused,
