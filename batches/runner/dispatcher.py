@@ -203,9 +203,10 @@ class Dispatcher:
             self._release_unsent()
             self._release_in_flight(list(self.in_flight))
             self._flush()
-            for job in self.jobs.values():
-                if job.stop_deadline is not None:  # a draining batch we leave: end it now, not at the next sweep
-                    enqueue("finalize_batch", job.batch_id)
+            # Batches cancelled or expired since our last check (or still draining): their
+            # finalization waited for our leases, so queue it now rather than at the next sweep.
+            for batch_id in Batch.objects.filter(pk__in=list(self.jobs), status__in=DRAINING_STATUSES).values_list("pk", flat=True):
+                enqueue("finalize_batch", batch_id)
         except (OperationalError, InterfaceError):
             # The database is gone: our leases lapse and another dispatcher redoes these rows.
             logger.exception("dispatcher.wind_down_failed owner=%s", self.owner)
