@@ -74,3 +74,35 @@ def relax_commit(using="default"):
     if connection.vendor == "postgresql" and connection.in_atomic_block:
         with connection.cursor() as cursor:
             cursor.execute("SET LOCAL synchronous_commit TO OFF")
+
+
+def increment_each(model, rows):
+    """Add to counters, creating their rows as needed: ``rows`` is a list of
+    ``(key, amounts)`` dicts, ``key`` matching a unique constraint of ``model``.
+    One ``INSERT ... ON CONFLICT DO UPDATE`` per row (SQLite 3.24+, PostgreSQL),
+    so concurrent writers on any host never lose an increment."""
+    if not rows:
+        return
+    connection = connections[router.db_for_write(model)]
+    meta = model._meta
+    quote = connection.ops.quote_name
+    key_names, amount_names = list(rows[0][0]), list(rows[0][1])
+    key_fields = [meta.get_field(name) for name in key_names]
+    amount_fields = [meta.get_field(name) for name in amount_names]
+    table = quote(meta.db_table)
+    sql = "INSERT INTO {table} ({columns}) VALUES ({values}) ON CONFLICT ({keys}) DO UPDATE SET {updates}".format(
+        table=table,
+        columns=", ".join(quote(field.column) for field in key_fields + amount_fields),
+        values=", ".join(["%s"] * (len(key_fields) + len(amount_fields))),
+        keys=", ".join(quote(field.column) for field in key_fields),
+        updates=", ".join(
+            f"{quote(field.column)} = {table}.{quote(field.column)} + excluded.{quote(field.column)}" for field in amount_fields
+        ),
+    )
+    params = [
+        [field.get_db_prep_save(key[name], connection) for name, field in zip(key_names, key_fields)]
+        + [field.get_db_prep_save(amounts[name], connection) for name, field in zip(amount_names, amount_fields)]
+        for key, amounts in rows
+    ]
+    with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
+        cursor.executemany(sql, params)

@@ -138,15 +138,21 @@ async def send_bundle(call, bodies):
         return [await call(bodies[0])]
     outcome = await call(merge(bodies))
     if outcome.kind == "retry":
-        return [dataclasses.replace(outcome) for _ in bodies]
+        return [_share(outcome, position) for position in range(len(bodies))]
     parts = split(outcome.body, bodies) if outcome.kind == "succeeded" else None
     if parts is None:
         return list(await asyncio.gather(*(call(body) for body in bodies)))
     request_id = outcome.request_id
     return [
-        dataclasses.replace(outcome, body=part, request_id=f"{request_id}-{position}" if request_id else "")
+        _share(outcome, position, body=part, request_id=f"{request_id}-{position}" if request_id else "")
         for position, part in enumerate(parts)
     ]
+
+
+def _share(outcome, position, **changes):
+    """Line ``position``'s copy of a bundle's outcome. Only the first carries the call's
+    latency, so the latency histogram counts the call once (batches/usage.py)."""
+    return dataclasses.replace(outcome, latency=outcome.latency if position == 0 else None, **changes)
 
 
 class Bundler:

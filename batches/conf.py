@@ -86,6 +86,9 @@ DEFAULTS = {
     # Output and error files expire this many seconds after the batch finishes unless
     # the batch says output_expires_after (as OpenAI). None keeps them.
     "DEFAULT_OUTPUT_FILE_TTL": 30 * 24 * 3600,
+    # --- Metrics (batches/metrics.py) ---
+    # Bearer token Prometheus sends to GET /metrics; None: the route answers 404.
+    "METRICS_TOKEN": None,
     # --- Quotas per API key (batches/quotas.py) ---
     # Site-wide defaults for the keys whose own quota field is empty; None = unlimited.
     # Keys: MAX_ACTIVE_BATCHES, MAX_BATCH_CREATIONS_PER_HOUR, MAX_ENQUEUED_REQUESTS,

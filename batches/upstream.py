@@ -184,6 +184,8 @@ class Outcome:
     error: dict | None = None
     retry_after: float | None = None
     connection_error: bool = False
+    # Seconds the call took (batches/usage.py's histogram): a measurement, not part of what the outcome is.
+    latency: float | None = dataclasses.field(default=None, compare=False)
 
     @property
     def backpressure(self):
@@ -287,6 +289,13 @@ async def send(client, endpoint: str, body: dict) -> Outcome:
 
 async def call(client, endpoint: str, body: dict) -> Outcome:
     """One upstream call, classified. Never raises for upstream trouble."""
+    started = time.monotonic()
+    outcome = await _send(client, endpoint, body)
+    outcome.latency = time.monotonic() - started
+    return outcome
+
+
+async def _send(client, endpoint, body):
     try:
         status_code, headers, content = await client.post(endpoint_path(endpoint), body)
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:  # aiohttp's timeouts derive from TimeoutError

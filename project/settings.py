@@ -163,6 +163,7 @@ OPENAI_BATCHES = {
     "EXTRA_ENDPOINTS": [e.strip() for e in os.environ.get("BATCHES_EXTRA_ENDPOINTS", "").split(",") if e.strip()],
     "EMBEDDINGS_BUNDLE_SIZE": env_int("BATCHES_EMBEDDINGS_BUNDLE_SIZE", 32),
     "THROTTLE_RATE": os.environ.get("BATCHES_THROTTLE_RATE") or None,
+    "METRICS_TOKEN": os.environ.get("BATCHES_METRICS_TOKEN") or None,
     "WEBHOOKS_ALLOW_PRIVATE": env_bool("BATCHES_WEBHOOKS_ALLOW_PRIVATE"),
 }
 

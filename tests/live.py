@@ -216,3 +216,14 @@ def wait_for_batch(client, batch_id, timeout=120, statuses=("completed", "failed
         return batch if batch.status in statuses else None
 
     return wait_until(done, timeout, interval=0.25, what=f"batch {batch_id} to reach {statuses}")
+
+
+def dispatcher_processes(stack, batch_ids):
+    """{(cluster log, worker pid)} of the dispatchers that sent rows of these batches."""
+    found = set()
+    for cluster in (f"worker{n}" for n in range(stack.worker_processes)):
+        for line in stack.log(cluster).splitlines():
+            if "dispatcher.batch_joined" in line and any(f"batch_id={batch_id} " in line for batch_id in batch_ids):
+                owner = line.split(" owner=", 1)[1].split()[0]  # host:pid:run
+                found.add((cluster, int(owner.split(":")[1])))
+    return found

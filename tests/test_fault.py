@@ -33,7 +33,7 @@ from batches.runner.results import ResultWriter
 from batches.runner.shutdown import WorkerShutdown
 from tests.conftest import chat_line, run_batches, upload
 from tests.fake_upstream import FakeUpstream
-from tests.live import LiveStack, wait_for_batch, wait_until
+from tests.live import LiveStack, dispatcher_processes, wait_for_batch, wait_until
 
 FIGURES_PATH = os.environ.get("FAULT_FIGURES_PATH", "/tmp/fault_figures.json")
 
@@ -588,17 +588,6 @@ def test_a_short_completion_window_expires_with_partial_output(fake):
             expired_after_s=batch.expired_at - batch.created_at,
             expires_at_minus_created=batch.expires_at - batch.created_at,
         )
-
-
-def dispatcher_processes(stack, batch_ids):
-    """{(cluster log, worker pid)} of the dispatchers that sent rows of these batches."""
-    found = set()
-    for cluster in (f"worker{n}" for n in range(stack.worker_processes)):
-        for line in stack.log(cluster).splitlines():
-            if "dispatcher.batch_joined" in line and any(f"batch_id={batch_id} " in line for batch_id in batch_ids):
-                owner = line.split(" owner=", 1)[1].split()[0]  # host:pid:run
-                found.add((cluster, int(owner.split(":")[1])))
-    return found
 
 
 @pytest.mark.fault

@@ -6,7 +6,8 @@ not act.
 
 * ``batches``: ``BatchAdmin``; ``actions``: its actions; ``requests``: ``BatchRequestAdmin``;
 * ``upstreams``: ``UpstreamStateAdmin``, the scheduler's limit, in-flight count and latency per upstream;
-* ``webhooks``: endpoints and the delivery log; ``display``: shared HTML helpers.
+* ``webhooks``: endpoints and the delivery log; ``display``: shared HTML helpers;
+* ``operations``: usage per owner (CSV export) and the dashboard.
 """
 
-from . import batches, requests, upstreams, webhooks  # noqa: F401  (each registers its models)
+from . import batches, operations, requests, upstreams, webhooks  # noqa: F401  (each registers its models)

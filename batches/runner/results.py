@@ -8,7 +8,7 @@ from django.db import InterfaceError, OperationalError, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from .. import bulk
+from .. import bulk, usage
 from ..conf import app_settings
 from ..models import Batch, BatchRequest, RequestStatus
 
@@ -109,6 +109,7 @@ class ResultWriter:
                         )
                         finished[batch_id] = (done_ok, done_failed)
                 bulk.update_each(retry, RESULT_FIELDS + ["attempts", "not_before"], **lease)
+                usage.record(batch_of, succeeded + failed, [(entry[1], entry[3]) for entry in buffered], finished)
         except (OperationalError, InterfaceError):
             self.buffered = buffered + self.buffered
             raise
