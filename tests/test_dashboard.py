@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from batches import dashboard, tasks
 from batches.models import ThroughputMinute
-from tests.conftest import chat_line
+from tests.conftest import chat_line, run_batches
 
 URL = "/admin/batches/dashboard/"
 
@@ -31,7 +31,7 @@ def test_dashboard_figures(admin_client, make_batch, make_user, upstream):
     owner = make_user("team-a")
     done = make_batch([chat_line("a"), chat_line("b", "FAIL_400"), chat_line("c")], owner=owner)
     tasks.validate_batch(done.id)
-    tasks.run_batch(done.id)
+    run_batches()
     waiting = make_batch([chat_line("w1"), chat_line("w2")], owner=make_user("team-b"))
     tasks.validate_batch(waiting.id)
 

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from batches import tasks
 from batches.models import Batch, UpstreamState
-from tests.conftest import chat_line, upload
+from tests.conftest import chat_line, run_batches, upload
 from tests.live import LiveStack, dispatcher_processes, wait_for_batch, wait_until
 
 TOKEN = "metrics-secret-token"
@@ -76,14 +76,14 @@ def test_empty_site(scrape):
 def test_figures_after_a_batch(scrape, make_batch, make_user, upstream, settings):
     settings.OPENAI_BATCHES = {**settings.OPENAI_BATCHES, "MAX_ATTEMPTS": 2}
     owner = make_user("team-a")
+    done = make_batch([chat_line("a"), chat_line("b", "FAIL_400"), chat_line("c", "FAIL_500")], owner=owner)
+    tasks.validate_batch(done.id)
+    run_batches()
+    done.refresh_from_db()
+
     waiting = make_batch([chat_line("w1"), chat_line("w2"), chat_line("w3")], owner=owner)
     tasks.validate_batch(waiting.id)  # in_progress, nothing sent yet
     Batch.objects.filter(pk=waiting.pk).update(created_at=timezone.now() - timedelta(minutes=5))
-
-    done = make_batch([chat_line("a"), chat_line("b", "FAIL_400"), chat_line("c", "FAIL_500")], owner=owner)
-    tasks.validate_batch(done.id)
-    tasks.run_batch(done.id)
-    done.refresh_from_db()
 
     got = scrape()
     assert value(got, "openai_batches_batches", status="completed") == 1

@@ -10,7 +10,7 @@ from django.utils import timezone
 from batches import tasks, usage
 from batches.models import BatchRequest, RequestStatus, UpstreamLatency, UsageDay
 from batches.upstream import Outcome
-from tests.conftest import chat_line
+from tests.conftest import chat_line, run_batches
 
 
 @pytest.fixture(autouse=True)
@@ -23,7 +23,7 @@ def run(make_batch, upstream):
     def do(lines, owner=None):
         batch = make_batch(lines, owner=owner)
         tasks.validate_batch(batch.id)
-        tasks.run_batch(batch.id)
+        run_batches()
         batch.refresh_from_db()
         return batch
 
@@ -127,7 +127,7 @@ def test_a_bundled_embeddings_call_counts_once_in_the_histogram(make_batch, upst
     ]
     batch = make_batch(lines, endpoint="/v1/embeddings")
     tasks.validate_batch(batch.id)
-    tasks.run_batch(batch.id)
+    run_batches()
     calls = upstream.stats()["by_path"]["/v1/embeddings"]
     assert calls < 10  # bundled
     assert sum(UpstreamLatency.objects.values_list("count", flat=True)) == calls
