@@ -123,7 +123,13 @@ def test_grafana_dashboard_uses_only_served_metrics(client, metrics_token, db):
 
 @pytest.mark.live
 def test_scraped_during_a_live_batch_with_two_worker_processes(fake_upstream):
-    env = {"BATCHES_METRICS_TOKEN": TOKEN, "BATCHES_RUN_TASKS_PER_BATCH": "3", "BATCHES_LEASE_SECONDS": "10", "BATCHES_LOG_LEVEL": "INFO"}
+    env = {
+        "BATCHES_METRICS_TOKEN": TOKEN,
+        "BATCHES_DISPATCHERS": "2",
+        "BATCHES_MAX_CONCURRENT_REQUESTS_PER_BATCH": "16",
+        "BATCHES_LEASE_SECONDS": "10",
+        "BATCHES_LOG_LEVEL": "INFO",
+    }
     fake_upstream.reset()
     fake_upstream.configure(latency_ms=300, latency_jitter_ms=100, error_500_rate=0, error_503_rate=0, error_429_rate=0, timeout_rate=0)
     with LiveStack(fake_upstream.base_url, workers=2, worker_processes=2, env=env) as stack:
@@ -147,7 +153,7 @@ def test_scraped_during_a_live_batch_with_two_worker_processes(fake_upstream):
         during = wait_until(busy, 60, interval=0.1, what="requests in flight and pending")
         assert value(during, "openai_batches_batches", status="in_progress") == 1
         assert value(during, "openai_batches_oldest_pending_seconds") > 0
-        assert value(during, "openai_batches_upstream_in_flight", upstream=fake_upstream.base_url.rstrip("/")) <= 64
+        assert value(during, "openai_batches_upstream_in_flight", upstream=fake_upstream.base_url.rstrip("/")) <= 16
 
         done = wait_for_batch(client, batch.id, timeout=180)
         assert done.status == "completed"
