@@ -22,69 +22,45 @@ def cancel_batches(modeladmin, request, queryset):
             refused.append((batch, refusal))
         else:
             eligible.append((batch, f"{batch.status}, {batch.completed_requests + batch.failed_requests} of {batch.total_requests} done"))
-    if request.POST.get("post") == "yes":
-        done, missed = [], []
-        for batch, _ in eligible:
-            (done if operations.cancel(batch, request.user) else missed).append(batch)
-        if done:
-            modeladmin.message_user(
-                request,
-                f"Cancelling {len(done)} batch{'es' if len(done) != 1 else ''}: {', '.join(b.id for b in done)}.",
-                messages.SUCCESS,
-            )
-        report_refused(modeladmin, request, "cancelled", refused + [(batch, "its status changed meanwhile") for batch in missed])
-        return None
-    if not eligible:
-        report_refused(modeladmin, request, "cancelled", refused)
-        return None
-    return confirmation_page(
+    return _confirm_then_change(
         modeladmin,
         request,
+        eligible,
+        refused,
+        change=operations.cancel,
+        done_message="Cancelling {batches}: {ids}.",
+        refused_verb="cancelled",
         action="cancel_batches",
         question="Cancel these batches?",
         consequence="Workers send nothing more; calls already in flight finish (up to CANCEL_DRAIN_SECONDS) and, like finished results, "
         "are kept in the output and error files.",
         button="Yes, cancel them",
-        eligible=eligible,
-        refused=refused,
     )
 
 
 @admin.action(description="Force-finish cancelling batches", permissions=["change"])
 def force_finish_batches(modeladmin, request, queryset):
     eligible, refused = [], []
-    for batch in queryset:
+    for batch in queryset.annotate(in_flight=Count("requests", filter=Q(requests__status=RequestStatus.RUNNING))):
         refusal = operations.force_finish_refusal(batch)
         if refusal:
             refused.append((batch, refusal))
         else:
-            in_flight = batch.requests.filter(status=RequestStatus.RUNNING).count()
+            in_flight = batch.in_flight
             eligible.append((batch, f"{batch.status}, {in_flight} request{'s' if in_flight != 1 else ''} in flight"))
-    if request.POST.get("post") == "yes":
-        done, missed = [], []
-        for batch, _ in eligible:
-            (done if operations.force_finish(batch, request.user) else missed).append(batch)
-        if done:
-            modeladmin.message_user(
-                request,
-                f"Finished {len(done)} batch{'es' if len(done) != 1 else ''} now: {', '.join(b.id for b in done)}.",
-                messages.SUCCESS,
-            )
-        report_refused(modeladmin, request, "force-finished", refused + [(batch, "its status changed meanwhile") for batch in missed])
-        return None
-    if not eligible:
-        report_refused(modeladmin, request, "force-finished", refused)
-        return None
-    return confirmation_page(
+    return _confirm_then_change(
         modeladmin,
         request,
+        eligible,
+        refused,
+        change=operations.force_finish,
+        done_message="Finished {batches} now: {ids}.",
+        refused_verb="force-finished",
         action="force_finish_batches",
         question="Finish these batches now?",
         consequence="Their requests still in flight are not waited for: they end as batch_cancelled (batch_expired for an expired "
         "batch) and their late answers are discarded. Finished results are kept.",
         button="Yes, finish them now",
-        eligible=eligible,
-        refused=refused,
     )
 
 
@@ -139,6 +115,24 @@ def rerun_batches(modeladmin, request, queryset):
         consequence="Use this when a batch failed for a reason outside its input, e.g. the upstream was unreachable during validation.",
         button="Yes, re-run them",
     )
+
+
+def _confirm_then_change(modeladmin, request, eligible, refused, *, change, done_message, refused_verb, **page):
+    """Shared flow of the actions that change batches in place: confirmation page first,
+    then ``change(batch, user)`` for each eligible batch (False: its status moved meanwhile)."""
+    if request.POST.get("post") == "yes":
+        done, missed = [], []
+        for batch, _ in eligible:
+            (done if change(batch, request.user) else missed).append(batch)
+        if done:
+            batches = f"{len(done)} batch{'es' if len(done) != 1 else ''}"
+            modeladmin.message_user(request, done_message.format(batches=batches, ids=", ".join(b.id for b in done)), messages.SUCCESS)
+        report_refused(modeladmin, request, refused_verb, refused + [(batch, "its status changed meanwhile") for batch in missed])
+        return None
+    if not eligible:
+        report_refused(modeladmin, request, refused_verb, refused)
+        return None
+    return confirmation_page(modeladmin, request, eligible=eligible, refused=refused, **page)
 
 
 def _confirm_then_create(modeladmin, request, eligible, refused, *, create, created_label, refused_verb, **page):
