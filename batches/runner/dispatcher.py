@@ -24,12 +24,9 @@ pauses only its batches. docs/scheduling.md explains the scheduler (with a
 diagram); docs/reliability.md the failure model.
 """
 
-import asyncio
 import collections
-import dataclasses
 import logging
 import queue
-import threading
 import time
 from datetime import timedelta
 
@@ -38,12 +35,12 @@ from django.db import InterfaceError, OperationalError, connection
 from django.db.models import F
 from django.utils import timezone
 
-from .. import aimd, claims, lifecycle, ratelimit, slots, upstream
+from .. import claims, lifecycle, ratelimit, slots, upstream
 from ..conf import app_settings
 from ..models import Batch, BatchRequest, BatchStatus, RequestStatus
 from ..queue import enqueue
 from . import shutdown
-from .breaker import CircuitBreaker
+from .lanes import EventLoopThread, Job, Lane, timed_send
 from .outcome import DispatchOutcome
 from .results import ResultWriter
 
@@ -61,89 +58,8 @@ DATABASE_RETRY_SECONDS = 0.5
 # An upstream whose last claim found no free place or no work is asked again after this long
 # (sooner when our own calls finish): how fast a new batch, or a place freed elsewhere, is seen.
 CLAIM_POLL_SECONDS = 0.1
-# Rows leased per claim at most: keeps the claim transaction short.
-CLAIM_MAX_ROWS = 64
 # A stopped batch in these statuses still waits for its calls in flight; any other is finished.
 DRAINING_STATUSES = (BatchStatus.CANCELLING, BatchStatus.FINALIZING)
-
-
-class EventLoopThread:
-    """An asyncio loop in a daemon thread, for the upstream calls."""
-
-    def __init__(self):
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="batch-upstream", daemon=True)
-        self.thread.start()
-
-    def submit(self, coro):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop)
-
-    def stop(self):
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
-        self.loop.close()
-
-
-async def timed_send(client, endpoint, body):
-    """``(outcome, latency in ms)`` of one upstream call."""
-    started = time.monotonic()
-    outcome = await upstream.send(client, endpoint, body)
-    return outcome, (time.monotonic() - started) * 1000
-
-
-@dataclasses.dataclass
-class Job:
-    """A batch this dispatcher sends rows of."""
-
-    batch_id: str
-    endpoint: str
-    route: upstream.Route
-    limiter: ratelimit.Limiter | None
-    lane: "Lane"
-    in_flight: int = 0
-    stop_deadline: float | None = None  # set when the batch left in_progress: its calls drain until then
-
-
-class Lane:
-    """One upstream (base URL) as this dispatcher sees it."""
-
-    def __init__(self, base_url):
-        self.base_url = base_url
-        self.breaker = CircuitBreaker()
-        self.feedback = aimd.Feedback()
-        self.ready = collections.OrderedDict()  # limiter key -> deque of (pk, job, attempts, body, tokens)
-        self.permits_at = {}  # limiter key -> monotonic time its next permit is due
-        self.limiters = {}  # limiter key -> Limiter
-        self.in_flight = 0
-        self.finished_since_claim = 0
-        self.next_claim = 0.0
-        self.limit = self.usable = app_settings.UPSTREAM_INITIAL_IN_FLIGHT
-
-    def has_ready(self):
-        return any(self.ready.values())
-
-    def claim_group(self):
-        """Claim again once this many of our calls finished: small groups, so one slow call never holds places back."""
-        return max(1, min(8, self.limit // 8))
-
-    def wanted(self, dispatchers, polled):
-        """How many rows to claim now: what the breaker allows, within the smallest rate-limit burst seen here.
-
-        Refilling places our own calls freed goes up to our part of what the upstream's
-        batches can have in flight (divided by the live dispatchers); beyond it only on a
-        poll, when places stayed free: so
-        dispatchers on several processes share an upstream instead of the quickest one
-        taking every place, and a busy or slow one leaves its part to the others."""
-        bursts = [limiter.burst_requests for limiter in self.limiters.values() if limiter.burst_requests]
-        wanted = min([CLAIM_MAX_ROWS, *bursts])
-        if not polled:
-            mine = self.in_flight + sum(len(rows) for rows in self.ready.values())
-            wanted = min(wanted, -(-self.usable // dispatchers) - mine)
-        return self.breaker.allowance(max(0, wanted))
-
-    def take_feedback(self):
-        feedback, self.feedback = self.feedback, aimd.Feedback()
-        return feedback
 
 
 class Dispatcher:
@@ -394,10 +310,9 @@ class Dispatcher:
     # --- claiming and sending --------------------------------------------------------
 
     def _lane(self, base_url):
-        lane = self.lanes.get(base_url)
-        if lane is None:
-            lane = self.lanes[base_url] = Lane(base_url)
-        return lane
+        if base_url not in self.lanes:
+            self.lanes[base_url] = Lane(base_url)
+        return self.lanes[base_url]
 
     def _job(self, batch_id, base_url, endpoint, model):
         job = self.jobs.get(batch_id)
@@ -446,27 +361,13 @@ class Dispatcher:
     def _send_ready(self, now):
         """Send ready rows as each upstream's breaker and the rate limits allow."""
         for lane in self.lanes.values():
-            for key, rows in lane.ready.items():
-                if not rows or now < lane.permits_at.get(key, 0.0):
-                    continue
-                allowed = lane.breaker.allowance(len(rows))
-                if not allowed:
-                    break
-                limiter = lane.limiters.get(key)
-                granted = allowed
-                if limiter:
-                    granted, wait = limiter.acquire([rows[i][4] for i in range(allowed)])
-                    if granted < allowed:
-                        lane.permits_at[key] = now + wait
-                lane.breaker.sent(granted)
-                for _ in range(granted):
-                    pk, job, attempts, body, _tokens = rows.popleft()
-                    future = self.loop.submit(timed_send(self._client(job.route), job.endpoint, body))
-                    future.add_done_callback(lambda f, pk=pk: self.done.put((pk, f)))
-                    self.in_flight[pk] = (job, attempts, future)
-                    job.in_flight += 1
-                    lane.in_flight += 1
-                    self.sent += 1
+            for pk, job, attempts, body in lane.sendable(now):
+                future = self.loop.submit(timed_send(self._client(job.route), job.endpoint, body))
+                future.add_done_callback(lambda f, pk=pk: self.done.put((pk, f)))
+                self.in_flight[pk] = (job, attempts, future)
+                job.in_flight += 1
+                lane.in_flight += 1
+                self.sent += 1
 
     def _client(self, route):
         client = self.clients.get(route)
@@ -515,17 +416,7 @@ class Dispatcher:
 
     def _release_unsent(self, job=None):
         """Hand claimed rows that never went out (all, or ``job``'s) back to pending, attempt refunded."""
-        ids = []
-        for lane in self.lanes.values():
-            for key, rows in lane.ready.items():
-                keep = collections.deque()
-                for row in rows:
-                    if job is None or row[1] is job:
-                        ids.append(row[0])
-                    else:
-                        keep.append(row)
-                lane.ready[key] = keep
-        self._release(ids, "unsent")
+        self._release([pk for lane in self.lanes.values() for pk in lane.take_unsent(job)], "unsent")
 
     def _release_in_flight(self, ids):
         """Give unfinished calls back: their rows return to pending for whoever runs next."""
