@@ -1,4 +1,4 @@
-"""The codes a request gets when the upstream never answered (README: Output and error
+"""The codes a request gets when the upstream never answered (docs/compatibility.md: Output and error
 files): ``upstream_timeout`` and ``upstream_unreachable``, with ``response: null``."""
 
 import asyncio
