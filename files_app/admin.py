@@ -7,7 +7,6 @@ secret is shown once on the page that answers the add form and never stored.
 
 import logging
 
-from django.apps import apps
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.utils import model_ngettext, quote, unquote
@@ -83,7 +82,7 @@ class FileAdmin(ReadOnlyAdmin):
     list_select_related = ("owner",)
     search_fields = ("=id", "filename", f"owner__{get_user_model().USERNAME_FIELD}")
     search_help_text = "File id (exact), filename or owner."
-    fields = ("id", "filename", "purpose", "owner", "size", "created_at", "expires_at", "stored_as", "download", "used_by")
+    fields = ("id", "filename", "purpose", "owner", "size", "created_at", "expires_at", "stored_as", "download")
     readonly_fields = fields
 
     def get_urls(self):
@@ -125,22 +124,6 @@ class FileAdmin(ReadOnlyAdmin):
     @admin.display(description="download")
     def download(self, obj):
         return format_html('<a href="{}" download>Download</a>', file_download_url(obj.pk, self.admin_site.name))
-
-    @admin.display(description="used by batches")
-    def used_by(self, obj):
-        if not apps.is_installed("batches"):
-            return "—"
-        from django.db.models import Q
-
-        batch_model = apps.get_model("batches", "Batch")
-        batches = batch_model.objects.filter(Q(input_file_id=obj.pk) | Q(output_file_id=obj.pk) | Q(error_file_id=obj.pk))
-        rows = []
-        for batch in batches.only("id", "status", "input_file_id", "output_file_id", "error_file_id"):
-            role = {batch.input_file_id: "input", batch.output_file_id: "output", batch.error_file_id: "errors"}[obj.pk]
-            rows.append((admin_change_link(batch, site_name=self.admin_site.name), role, batch.status))
-        if not rows:
-            return "—"
-        return format_html("<ul>{}</ul>", format_html_join("", "<li>{} — {} ({})</li>", rows))
 
 
 def file_download_url(file_id, site_name="admin"):

@@ -7,7 +7,8 @@ not act.
 * ``batches``: ``BatchAdmin``; ``actions``: its actions; ``requests``: ``BatchRequestAdmin``;
 * ``upstreams``: ``UpstreamStateAdmin``, the scheduler's limit, in-flight count and latency per upstream;
 * ``webhooks``: endpoints and the delivery log; ``display``: shared HTML helpers;
-* ``operations``: usage per owner (CSV export) and the dashboard.
+* ``operations``: usage per owner (CSV export) and the dashboard;
+* ``files``: files_app's file page with the batches that use each file.
 """
 
-from . import batches, operations, requests, upstreams, webhooks  # noqa: F401  (each registers its models)
+from . import batches, files, operations, requests, upstreams, webhooks  # noqa: F401  (each registers its models)
