@@ -34,11 +34,11 @@ def admin_change_link(obj, text=None, site_name="admin"):
     return format_html('<a href="{}">{}</a>', url, text or obj)
 
 
-def confirmation_page(modeladmin, request, *, action, question, button, eligible, refused, consequence=""):
+def confirmation_page(modeladmin, request, *, question, button, eligible, refused, consequence=""):
     """An intermediate page like Django's delete confirmation, for any action.
 
     ``eligible`` and ``refused`` are lists of ``(obj, text)``; only the eligible
-    objects are posted back, with ``post=yes``, to run the action for real.
+    objects are posted back, with ``post=yes``, to the action the changelist posted.
     """
     opts = modeladmin.model._meta
     context = {
@@ -47,7 +47,7 @@ def confirmation_page(modeladmin, request, *, action, question, button, eligible
         "question": question,
         "consequence": consequence,
         "button": button,
-        "action": action,
+        "action": request.POST["action"],
         "eligible": [(admin_change_link(obj, site_name=modeladmin.admin_site.name), text) for obj, text in eligible],
         "eligible_pks": [obj.pk for obj, _ in eligible],
         "refused": [(admin_change_link(obj, site_name=modeladmin.admin_site.name), text) for obj, text in refused],
@@ -235,7 +235,6 @@ class ApiKeyAdmin(admin.ModelAdmin):
         return confirmation_page(
             self,
             request,
-            action="revoke_keys",
             question="Revoke these API keys?",
             consequence="Clients using them get 401 from their next request on. This cannot be undone.",
             button="Yes, revoke",

@@ -13,7 +13,21 @@ from .. import operations
 from ..models import RequestStatus
 
 
-@admin.action(description="Cancel selected batches", permissions=["change"])
+def batch_action(description, *, button, refusal):
+    """An admin action on batches, described once: its ``description`` in the action
+    menu, its ``button`` on a batch's page, shown while ``refusal(batch)`` (why the
+    action cannot act on that batch) is None. Needs the ``change`` permission."""
+
+    def decorate(function):
+        function = admin.action(description=description, permissions=["change"])(function)
+        function.button = button
+        function.refusal = refusal
+        return function
+
+    return decorate
+
+
+@batch_action("Cancel selected batches", button="Cancel batch", refusal=operations.cancel_refusal)
 def cancel_batches(modeladmin, request, queryset):
     eligible, refused = [], []
     for batch in queryset:
@@ -30,7 +44,6 @@ def cancel_batches(modeladmin, request, queryset):
         change=operations.cancel,
         done_message="Cancelling {batches}: {ids}.",
         refused_verb="cancelled",
-        action="cancel_batches",
         question="Cancel these batches?",
         consequence="Workers send nothing more; calls already in flight finish (up to CANCEL_DRAIN_SECONDS) and, like finished results, "
         "are kept in the output and error files.",
@@ -38,7 +51,7 @@ def cancel_batches(modeladmin, request, queryset):
     )
 
 
-@admin.action(description="Force-finish cancelling batches", permissions=["change"])
+@batch_action("Force-finish cancelling batches", button="Force-finish now", refusal=operations.force_finish_refusal)
 def force_finish_batches(modeladmin, request, queryset):
     eligible, refused = [], []
     for batch in queryset.annotate(in_flight=Count("requests", filter=Q(requests__status=RequestStatus.RUNNING))):
@@ -56,7 +69,6 @@ def force_finish_batches(modeladmin, request, queryset):
         change=operations.force_finish,
         done_message="Finished {batches} now: {ids}.",
         refused_verb="force-finished",
-        action="force_finish_batches",
         question="Finish these batches now?",
         consequence="Their requests still in flight are not waited for: they end as batch_cancelled (batch_expired for an expired "
         "batch) and their late answers are discarded. Finished results are kept.",
@@ -64,7 +76,9 @@ def force_finish_batches(modeladmin, request, queryset):
     )
 
 
-@admin.action(description="Retry failed requests of selected batches (as new batches)", permissions=["change"])
+@batch_action(
+    "Retry failed requests of selected batches (as new batches)", button="Retry failed requests", refusal=operations.retry_refusal
+)
 def retry_failed_requests(modeladmin, request, queryset):
     statuses = operations.RETRYABLE_REQUEST_STATUSES
     annotated = queryset.annotate(retryable=Count("requests", filter=Q(requests__status__in=statuses)))
@@ -84,14 +98,13 @@ def retry_failed_requests(modeladmin, request, queryset):
         create=operations.retry_failed_requests,
         created_label="Retrying the failed requests",
         refused_verb="retried",
-        action="retry_failed_requests",
         question="Retry the failed, cancelled and expired requests of these batches?",
         consequence="Each gets a new batch for the same owner, endpoint and metadata, linked to it, which is validated and run as usual.",
         button="Yes, retry them",
     )
 
 
-@admin.action(description="Re-run selected failed batches with the same input", permissions=["change"])
+@batch_action("Re-run selected failed batches with the same input", button="Re-run batch", refusal=operations.rerun_refusal)
 def rerun_batches(modeladmin, request, queryset):
     live_input = File.objects.live().filter(pk=OuterRef("input_file_id"), owner_id=OuterRef("owner_id"))
     eligible, refused = [], []
@@ -110,7 +123,6 @@ def rerun_batches(modeladmin, request, queryset):
         create=operations.rerun,
         created_label="Re-running",
         refused_verb="re-run",
-        action="rerun_batches",
         question="Re-run these failed batches with the same input file?",
         consequence="Use this when a batch failed for a reason outside its input, e.g. the upstream was unreachable during validation.",
         button="Yes, re-run them",

@@ -352,20 +352,11 @@ class BatchAdmin(admin.ModelAdmin):
         batch = self.get_object(request, unquote(object_id))
         buttons = []
         if batch is not None:
-            available = self.get_actions(request)
-            checks = {
-                "cancel_batches": lambda: operations.cancel_refusal(batch),
-                "force_finish_batches": lambda: operations.force_finish_refusal(batch),
-                "retry_failed_requests": lambda: operations.retry_refusal(batch),
-                "rerun_batches": lambda: operations.rerun_refusal(batch),
-            }
-            labels = {
-                "cancel_batches": "Cancel batch",
-                "force_finish_batches": "Force-finish now",
-                "retry_failed_requests": "Retry failed requests",
-                "rerun_batches": "Re-run batch",
-            }
-            buttons = [(name, labels[name]) for name, check in checks.items() if name in available and check() is None]
+            buttons = [
+                (name, action.button)
+                for name, (action, _, _) in self.get_actions(request).items()
+                if hasattr(action, "refusal") and action.refusal(batch) is None
+            ]
         context = {
             "batch_actions": buttons,
             "changelist_url": changelist_url(Batch, self.admin_site.name),
