@@ -130,7 +130,26 @@ class FileQuerySet(models.QuerySet):
         return self.filter(owner=user)
 
 
-class File(models.Model):
+class StoredContent(models.Model):
+    """A row with stored bytes in its ``content`` field: deleting the row deletes them."""
+
+    class Meta:
+        abstract = True
+
+    def delete(self, *args, **kwargs):
+        # A storage error must not resurrect the row: it is logged, and the bytes left behind.
+        name = self.content.name
+        result = super().delete(*args, **kwargs)
+        if name:
+            try:
+                self.content.storage.delete(name)
+            except OSError:
+                model = self._meta.model_name
+                logger.warning("%s.content_delete_failed %s_id=%s", model, model, self.pk, exc_info=True)
+        return result
+
+
+class File(StoredContent):
     id = models.CharField(primary_key=True, max_length=64, default=new_file_id, editable=False)
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="openai_files")
     filename = models.CharField(max_length=255)
@@ -161,17 +180,6 @@ class File(models.Model):
             "status": "processed",
             "status_details": None,
         }
-
-    def delete(self, *args, **kwargs):
-        # Contents go with the row; storage errors must not resurrect the row.
-        name = self.content.name
-        result = super().delete(*args, **kwargs)
-        if name:
-            try:
-                self.content.storage.delete(name)
-            except OSError:
-                logger.warning("file.content_delete_failed file_id=%s", self.id, exc_info=True)
-        return result
 
 
 # --- Uploads: a large file sent in parts (/v1/uploads) ------------------------------------
@@ -273,7 +281,7 @@ class Upload(models.Model):
             part.delete()
 
 
-class UploadPart(models.Model):
+class UploadPart(StoredContent):
     id = models.CharField(primary_key=True, max_length=64, default=new_part_id, editable=False)
     upload = models.ForeignKey(Upload, on_delete=models.CASCADE, related_name="parts")
     bytes = models.BigIntegerField()
@@ -288,13 +296,3 @@ class UploadPart(models.Model):
 
     def to_openai(self):
         return {"id": self.id, "object": "upload.part", "created_at": int(self.created_at.timestamp()), "upload_id": self.upload_id}
-
-    def delete(self, *args, **kwargs):
-        name = self.content.name
-        result = super().delete(*args, **kwargs)
-        if name:
-            try:
-                self.content.storage.delete(name)
-            except OSError:
-                logger.warning("upload.part_delete_failed part_id=%s", self.id, exc_info=True)
-        return result
