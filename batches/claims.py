@@ -62,6 +62,10 @@ def _aware(value):
     return value.replace(tzinfo=UTC)
 
 
+# What fair share needs of a batch (fairshare.Candidate), read by the claims and by queue_of.
+BATCH_SCHEDULING_FIELDS = ("expires_at", "in_progress_at", "created_at", "total_requests", "completed_requests", "failed_requests")
+
+
 class Claimer:
     """The SQL of one dispatcher's claims, built once."""
 
@@ -93,18 +97,7 @@ class Claimer:
             + ", ".join(f"{column(state, name)} = %s" for name in (*self.state_fields, "updated_at"))
             + f" WHERE {column(state, 'base_url')} = %s"
         )
-        self.batch_fields = (
-            "id",
-            "owner",
-            "expires_at",
-            "in_progress_at",
-            "created_at",
-            "total_requests",
-            "completed_requests",
-            "failed_requests",
-            "endpoint",
-            "model",
-        )
+        self.batch_fields = ("id", "owner", *BATCH_SCHEDULING_FIELDS, "endpoint", "model")
         self.batches_sql = (
             f"SELECT {columns(batch, *self.batch_fields, prefix='b.')}, k.{column(key, 'weight')} "
             f"FROM {quote(batch.db_table)} b LEFT JOIN {quote(key.db_table)} k ON k.{quote(key.pk.column)} = b.{column(batch, 'api_key')} "
@@ -263,15 +256,7 @@ def queue_of(base_url, now=None):
     state = UpstreamState.objects.filter(base_url=base_url).first()
     cap = app_settings.MAX_CONCURRENT_REQUESTS_PER_BATCH
     batches = Batch.objects.filter(status=BatchStatus.IN_PROGRESS, upstream=base_url).values_list(
-        "pk",
-        "owner_id",
-        "api_key__weight",
-        "expires_at",
-        "in_progress_at",
-        "created_at",
-        "total_requests",
-        "completed_requests",
-        "failed_requests",
+        "pk", "owner_id", "api_key__weight", *BATCH_SCHEDULING_FIELDS
     )
     live = dict(
         BatchRequest.objects.filter(batch__status=BatchStatus.IN_PROGRESS, batch__upstream=base_url)
