@@ -220,25 +220,15 @@ def batch_timestamps(stack, batch_id):
     return {name: datetime.fromisoformat(value).replace(tzinfo=UTC).timestamp() for name, value in zip(columns, row)}
 
 
-# --- memory of the worker processes -------------------------------------------------
+# --- sampling while a benchmark runs ----------------------------------------------------
 
 
-class WorkerMemory:
-    """Samples the memory of every qcluster process and its children.
+class Sampler:
+    """Calls ``sample()`` every ``every`` seconds on a background thread inside a
+    ``with`` block; ``stop()`` from ``sample()`` ends it early."""
 
-    Per process, the kernel's own high-water mark of resident memory (VmHWM) is
-    kept, so a peak between two samples is not missed. For the whole cluster the
-    proportional set size (PSS) is summed: pages the forked processes share are
-    counted once, where a sum of RSS would count them once per process."""
-
-    def __init__(self, stack, every=0.1):
-        import psutil
-
-        self.psutil = psutil
-        self.roots = [psutil.Process(proc.pid) for proc in stack.workers]
+    def __init__(self, every):
         self.every = every
-        self.peak_by_pid = {}
-        self.peak_pss = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -250,6 +240,35 @@ class WorkerMemory:
         self._stop.set()
         self._thread.join()
 
+    def stop(self):
+        self._stop.set()
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.every)
+
+    def sample(self):
+        raise NotImplementedError
+
+
+class WorkerMemory(Sampler):
+    """Samples the memory of every qcluster process and its children.
+
+    Per process, the kernel's own high-water mark of resident memory (VmHWM) is
+    kept, so a peak between two samples is not missed. For the whole cluster the
+    proportional set size (PSS) is summed: pages the forked processes share are
+    counted once, where a sum of RSS would count them once per process."""
+
+    def __init__(self, stack, every=0.1):
+        import psutil
+
+        super().__init__(every)
+        self.psutil = psutil
+        self.roots = [psutil.Process(proc.pid) for proc in stack.workers]
+        self.peak_by_pid = {}
+        self.peak_pss = 0
+
     def _processes(self):
         for root in self.roots:
             try:
@@ -257,11 +276,6 @@ class WorkerMemory:
                 yield from root.children(recursive=True)
             except self.psutil.NoSuchProcess:
                 continue
-
-    def _run(self):
-        while not self._stop.is_set():
-            self.sample()
-            self._stop.wait(self.every)
 
     def sample(self):
         pss = 0

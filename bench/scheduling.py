@@ -164,34 +164,23 @@ def query(stack, sql):
         raise
 
 
-class LimitSampler:
+class LimitSampler(common.Sampler):
     """Every ``interval`` seconds, the scheduler's adaptive in-flight limit of the upstream
     (``UpstreamState.concurrency_limit``): ``samples`` is [(t, limit)]; ``available`` is False
     on a version without it."""
 
     def __init__(self, stack, interval=0.5):
-        self.stack, self.interval = stack, interval
+        super().__init__(interval)
+        self.stack = stack
         self.samples, self.available = [], True
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self):
-        while not self._stop.is_set():
-            rows = query(self.stack, "SELECT concurrency_limit FROM batches_upstreamstate")
-            if rows is None:
-                self.available = False
-                return
-            if rows:
-                self.samples.append((time.time(), max(row[0] for row in rows)))
-            self._stop.wait(self.interval)
+    def sample(self):
+        rows = query(self.stack, "SELECT concurrency_limit FROM batches_upstreamstate")
+        if rows is None:
+            self.available = False
+            self.stop()
+        elif rows:
+            self.samples.append((time.time(), max(row[0] for row in rows)))
 
 
 class Progress:
