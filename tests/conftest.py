@@ -142,6 +142,43 @@ def live_client(live_stack, fake_upstream):
     return live_stack.client()
 
 
+@pytest.fixture
+def validated(make_batch, upstream):
+    """``validated(lines, **fields)`` -> a batch in ``in_progress``."""
+    from batches import tasks
+
+    def make(lines, **fields):
+        batch = make_batch(lines, **fields)
+        assert tasks.validate_batch(batch.id) == "in_progress"
+        batch.refresh_from_db()
+        return batch
+
+    return make
+
+
+def claim(owner, wanted):
+    """Rows a dispatcher ``owner`` claims from the default upstream, with a one-minute
+    lease: ``[(pk, batch_id, attempts)]``."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from batches import upstream
+    from batches.aimd import Feedback
+    from batches.claims import Claimer
+
+    now = timezone.now()
+    got = Claimer(owner).claim(
+        upstream.default_base_url(),
+        wanted=wanted,
+        unflushed={},
+        feedback=Feedback(),
+        now=now,
+        lease_until=now + timedelta(minutes=1),
+    )
+    return [(pk, batch_id, attempts) for pk, batch_id, attempts, _ in got.rows]
+
+
 def run_batches():
     """What the workers do once batches are validated, in-process: a dispatcher runs until no
     batch has work left, then every finalization it queued (db tests never commit, so nothing

@@ -26,12 +26,11 @@ from django.utils import timezone
 
 from batches import bulk, claims, lifecycle, slots, tasks
 from batches import upstream as upstream_module
-from batches.aimd import Feedback
 from batches.models import Batch, BatchRequest, BatchStatus, DispatcherSlot, RequestStatus
 from batches.runner import dispatcher, shutdown
 from batches.runner.results import ResultWriter
 from batches.runner.shutdown import WorkerShutdown
-from tests.conftest import chat_line, run_batches, upload
+from tests.conftest import chat_line, claim, run_batches, upload
 from tests.fake_upstream import FakeUpstream
 from tests.live import LiveStack, dispatcher_processes, wait_for_batch, wait_until
 
@@ -39,16 +38,6 @@ FIGURES_PATH = os.environ.get("FAULT_FIGURES_PATH", "/tmp/fault_figures.json")
 
 
 # --- in-process: the dispatcher's recovery paths ------------------------------------------------
-
-
-@pytest.fixture
-def validated(make_batch, upstream):
-    def make(lines):
-        batch = make_batch(lines)
-        assert tasks.validate_batch(batch.id) == "in_progress"
-        return batch
-
-    return make
 
 
 class RecordedShutdown(WorkerShutdown):
@@ -79,19 +68,6 @@ def enqueued(monkeypatch):
     for module in (dispatcher, tasks, slots, lifecycle):
         monkeypatch.setattr(module, "enqueue", lambda task, arg=None, **kwargs: calls.append((task, arg)))
     return calls
-
-
-def claim(owner, wanted):
-    now = timezone.now()
-    got = claims.Claimer(owner).claim(
-        upstream_module.default_base_url(),
-        wanted=wanted,
-        unflushed={},
-        feedback=Feedback(),
-        now=now,
-        lease_until=now + timedelta(minutes=1),
-    )
-    return [(pk, batch_id, attempts) for pk, batch_id, attempts, _ in got.rows]
 
 
 def test_shutdown_keeps_finished_results_and_hands_the_rest_back(validated, upstream, settings, stopping, enqueued, monkeypatch):

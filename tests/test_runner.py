@@ -15,13 +15,12 @@ from django.utils import timezone
 
 from batches import lifecycle, tasks
 from batches import upstream as upstream_module
-from batches.aimd import Feedback
 from batches.claims import Claimer
 from batches.models import Batch, BatchRequest, BatchStatus, DispatcherSlot, RequestStatus
 from batches.runner import dispatcher
 from batches.runner.results import ResultWriter
 from files_app.models import File
-from tests.conftest import chat_line, run_batches
+from tests.conftest import chat_line, claim, run_batches
 
 
 @pytest.fixture
@@ -32,19 +31,6 @@ def batch_settings(settings, upstream):
         settings.OPENAI_BATCHES = {**settings.OPENAI_BATCHES, **keys}
 
     return apply
-
-
-@pytest.fixture
-def validated(make_batch, upstream):
-    """``validated(lines, **fields)`` -> a batch in ``in_progress``."""
-
-    def make(lines, **fields):
-        batch = make_batch(lines, **fields)
-        assert tasks.validate_batch(batch.id) == "in_progress"
-        batch.refresh_from_db()
-        return batch
-
-    return make
 
 
 @pytest.fixture
@@ -485,20 +471,6 @@ def test_a_dispatcher_leaves_when_every_slot_is_held_by_a_live_one(validated, ba
 def succeeded_outcome(pk):
     body = {"object": "chat.completion", "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
     return upstream_module.Outcome("succeeded", status_code=200, body=body, request_id=f"req_stale_{pk}")
-
-
-def claim(owner, wanted):
-    """Rows a dispatcher ``owner`` claims: ``[(pk, batch_id, attempts)]``."""
-    now = timezone.now()
-    got = Claimer(owner).claim(
-        upstream_module.default_base_url(),
-        wanted=wanted,
-        unflushed={},
-        feedback=Feedback(),
-        now=now,
-        lease_until=now + timedelta(minutes=1),
-    )
-    return [(pk, batch_id, attempts) for pk, batch_id, attempts, _ in got.rows]
 
 
 def test_results_of_a_dispatcher_whose_lease_was_taken_over_are_discarded(validated, settings):
