@@ -141,7 +141,7 @@ def logit_bias(value, param):
     return None
 
 
-# OpenAI's metadata: at most 16 string pairs (the batch's own metadata also caps the lengths, batches/views.py).
+# OpenAI's metadata: at most 16 string pairs (a batch's own metadata also caps the lengths: batches/serializers.py).
 MAX_METADATA_PAIRS = 16
 MAX_METADATA_KEY = 64
 MAX_METADATA_VALUE = 512

@@ -12,7 +12,8 @@ from files_app.schema import enum, errors, path_id, replace_view
 from .endpoints import ENDPOINTS
 from .field_rules import MAX_METADATA_KEY, MAX_METADATA_PAIRS, MAX_METADATA_VALUE
 from .models import Batch, BatchStatus, WebhookEndpoint, WebhookEventType
-from .views import MAX_RESULTS_LIMIT, OUTPUT_EXPIRES_AFTER_RANGE, RESULT_STATUSES
+from .serializers import OUTPUT_EXPIRES_AFTER_RANGE
+from .views import MAX_RESULTS_LIMIT, RESULT_STATUSES
 
 
 @extend_schema_field(

@@ -11,87 +11,20 @@ from files_app.api import OpenAIError
 from files_app.api.pagination import OpenAICursorPagination, parse_limit
 from files_app.api.viewsets import ListMixin, OpenAIViewSet, RetrieveMixin
 from files_app.models import File, FilePurpose
-from files_app.views import MAX_EXPIRES_AFTER, MIN_EXPIRES_AFTER
 
-from . import lifecycle, operations, quotas, windows
-from .endpoints import enabled_endpoints
-from .field_rules import MAX_METADATA_KEY, MAX_METADATA_PAIRS, MAX_METADATA_VALUE
+from . import lifecycle, operations, quotas
 from .models import Batch, BatchStatus, RequestStatus
 from .output import RESULT_FIELDS, result_line
+from .serializers import BatchCreateSerializer
 
 logger = logging.getLogger("openai_batches.api")
 
-# Output files take the bounds of any file's expires_after (OpenAI's).
-OUTPUT_EXPIRES_AFTER_RANGE = (MIN_EXPIRES_AFTER, MAX_EXPIRES_AFTER)
-MAX_FILE_ID_LENGTH = File._meta.get_field("id").max_length
 # GET /v1/batches/{id}/results?status=...: which finished rows each value selects.
 RESULT_STATUSES = {
     "completed": (RequestStatus.SUCCEEDED,),
     "failed": (RequestStatus.FAILED, RequestStatus.CANCELLED, RequestStatus.EXPIRED),
 }
 MAX_RESULTS_LIMIT = 10_000
-
-
-def check_metadata(metadata):
-    if metadata is None:
-        return None
-    if not isinstance(metadata, dict):
-        raise OpenAIError("Invalid type for 'metadata': expected an object.", param="metadata", code="invalid_type")
-    if len(metadata) > MAX_METADATA_PAIRS:
-        raise OpenAIError(
-            f"Invalid 'metadata': too many properties. Expected an object with at most {MAX_METADATA_PAIRS} "
-            f"properties, but got {len(metadata)} instead.",
-            param="metadata",
-            code="object_above_max_properties",
-        )
-    for key, value in metadata.items():
-        if len(key) > MAX_METADATA_KEY:
-            raise OpenAIError(
-                f"Invalid 'metadata': key '{key[:80]}' is too long. Expected a key with maximum length {MAX_METADATA_KEY}, "
-                f"but got a key with length {len(key)} instead.",
-                param=f"metadata.{key[:80]}",
-                code="string_above_max_length",
-            )
-        if not isinstance(value, str):
-            raise OpenAIError(
-                f"Invalid type for 'metadata.{key}': expected a string, but got {type(value).__name__} instead.",
-                param=f"metadata.{key}",
-                code="invalid_type",
-            )
-        if len(value) > MAX_METADATA_VALUE:
-            raise OpenAIError(
-                f"Invalid 'metadata.{key}': string too long. Expected a string with maximum length "
-                f"{MAX_METADATA_VALUE}, but got a string with length {len(value)} instead.",
-                param=f"metadata.{key}",
-                code="string_above_max_length",
-            )
-    return metadata
-
-
-def parse_output_expires_after(value):
-    if value is None:
-        return None
-    if not isinstance(value, dict) or value.get("anchor") != "created_at":
-        raise OpenAIError(
-            'Invalid \'output_expires_after\': expected {"anchor": "created_at", "seconds": N}.',
-            param="output_expires_after",
-            code="invalid_value",
-        )
-    seconds = value.get("seconds")
-    low, high = OUTPUT_EXPIRES_AFTER_RANGE
-    if not isinstance(seconds, int) or isinstance(seconds, bool):
-        raise OpenAIError(
-            "Invalid type for 'output_expires_after.seconds': expected an integer.",
-            param="output_expires_after.seconds",
-            code="invalid_type",
-        )
-    if not low <= seconds <= high:
-        raise OpenAIError(
-            f"Invalid 'output_expires_after.seconds': expected an integer between {low} and {high}.",
-            param="output_expires_after.seconds",
-            code="integer_out_of_range",
-        )
-    return seconds
 
 
 class BatchPagination(OpenAICursorPagination):
@@ -108,46 +41,11 @@ class BatchViewSet(ListMixin, RetrieveMixin, OpenAIViewSet):
         return Batch.objects.owned_by(self.request.user)
 
     def create(self, request):
-        data = request.data
-        if not isinstance(data, dict):
-            raise OpenAIError("The request body must be a JSON object.", code="invalid_type")
-        for field in ("input_file_id", "endpoint", "completion_window"):
-            if data.get(field) in (None, ""):
-                raise OpenAIError(f"Missing required parameter: '{field}'.", param=field, code="missing_required_parameter")
-        for field in ("input_file_id", "endpoint", "completion_window"):
-            if not isinstance(data[field], str):
-                raise OpenAIError(f"Invalid type for '{field}': expected a string.", param=field, code="invalid_type")
-        endpoint = data["endpoint"]
-        endpoints = enabled_endpoints()
-        if endpoint not in endpoints:
-            raise OpenAIError(
-                f"Invalid value: '{endpoint}'. Supported values are: {', '.join(repr(e) for e in endpoints)}.",
-                param="endpoint",
-                code="invalid_value",
-            )
-        allowed = windows.allowed_windows()
-        if data["completion_window"] not in allowed:
-            raise OpenAIError(
-                f"Invalid value: '{data['completion_window']}'. Supported values are: {', '.join(repr(w) for w in allowed)}.",
-                param="completion_window",
-                code="invalid_value",
-            )
-        metadata = check_metadata(data.get("metadata"))
-        output_expires_after = parse_output_expires_after(data.get("output_expires_after"))
-        idempotency_key = request.headers.get("Idempotency-Key") or data.get("idempotency_key")
-        if idempotency_key is not None and (not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 255):
-            raise OpenAIError(
-                "Invalid 'idempotency_key': expected a string of 1 to 255 characters.", param="idempotency_key", code="invalid_value"
-            )
-
-        input_file_id = data["input_file_id"]
-        if len(input_file_id) > MAX_FILE_ID_LENGTH:
-            raise OpenAIError(
-                f"Invalid 'input_file_id': string too long. Expected a string with maximum length {MAX_FILE_ID_LENGTH}, "
-                f"but got a string with length {len(input_file_id)} instead.",
-                param="input_file_id",
-                code="string_above_max_length",
-            )
+        serializer = BatchCreateSerializer(data=request.data, context={"request": request})
+        serializer.is_valid(raise_exception=True)
+        fields = dict(serializer.validated_data)
+        idempotency_key = fields.pop("idempotency_key")
+        input_file_id = fields["input_file_id"]
         # A file this owner cannot see (missing, deleted, expired, someone else's) is not a
         # create error, as at OpenAI: the batch is created and fails validation with one
         # message for every case, so nothing tells one owner about another's files.
@@ -159,13 +57,6 @@ class BatchViewSet(ListMixin, RetrieveMixin, OpenAIViewSet):
                 code="invalid_value",
             )
 
-        fields = {
-            "input_file_id": input_file_id,
-            "endpoint": endpoint,
-            "completion_window": data["completion_window"],
-            "metadata": metadata,
-            "output_expires_after": output_expires_after,
-        }
         fingerprint = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
         if idempotency_key:
             existing = self.get_queryset().filter(idempotency_key=idempotency_key).first()

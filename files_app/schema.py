@@ -19,7 +19,7 @@ from drf_spectacular.utils import (
 from rest_framework import serializers
 
 from .models import UPLOADABLE_PURPOSES, File, FilePurpose, Upload, UploadStatus
-from .views import MAX_EXPIRES_AFTER, MIN_EXPIRES_AFTER
+from .serializers import MAX_EXPIRES_AFTER, MIN_EXPIRES_AFTER
 
 
 class ErrorSerializer(serializers.Serializer):

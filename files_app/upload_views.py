@@ -24,8 +24,8 @@ from rest_framework.response import Response
 from .api import OpenAIError, OpenAIViewSet
 from .conf import app_settings
 from .models import MAX_PART_BYTES, UPLOAD_LIFETIME, File, Upload, UploadPart, UploadStatus, uploaded_file_expiry
+from .serializers import UploadCompleteSerializer, UploadCreateSerializer
 from .uploads import CappedTemporaryFileUploadHandler
-from .views import check_batch_filename, check_purpose, checked_expires_after, clean_filename
 
 logger = logging.getLogger("openai_batches.files")
 
@@ -94,53 +94,22 @@ class UploadViewSet(OpenAIViewSet):
         request.upload_handlers = [CappedTemporaryFileUploadHandler(request, max_bytes=MAX_PART_BYTES)]
         return super().initialize_request(request, *args, **kwargs)
 
-    def _json_object(self, request):
-        if not isinstance(request.data, dict):
-            raise OpenAIError("The request body must be a JSON object.", code="invalid_type")
-        return request.data
-
     def create(self, request):
-        data = self._json_object(request)
-        for field in ("bytes", "filename", "mime_type", "purpose"):
-            if data.get(field) in (None, ""):
-                raise OpenAIError(f"Missing required parameter: '{field}'.", param=field, code="missing_required_parameter")
-        size = data["bytes"]
-        if not isinstance(size, int) or isinstance(size, bool):
-            raise OpenAIError("Invalid type for 'bytes': expected an integer.", param="bytes", code="invalid_type")
-        limit = app_settings.MAX_UPLOAD_BYTES
-        if not 0 < size <= limit:
-            raise OpenAIError(
-                f"Invalid 'bytes': expected a value between 1 and {limit}, but got {size} instead.",
-                param="bytes",
-                code="integer_out_of_range",
-            )
-        for field in ("filename", "mime_type", "purpose"):
-            if not isinstance(data[field], str):
-                raise OpenAIError(f"Invalid type for '{field}': expected a string.", param=field, code="invalid_type")
-        check_purpose(data["purpose"])
-        filename = clean_filename(data["filename"])
-        check_batch_filename(data["purpose"], filename, param="filename")
-        if len(data["mime_type"]) > 255 or "/" not in data["mime_type"]:
-            raise OpenAIError(
-                f"Invalid 'mime_type': '{data['mime_type'][:80]}' is not a MIME type.", param="mime_type", code="invalid_value"
-            )
-        expires_after = data.get("expires_after")
-        if expires_after is not None:
-            if not isinstance(expires_after, dict):
-                raise OpenAIError("Invalid type for 'expires_after': expected an object.", param="expires_after", code="invalid_type")
-            expires_after = checked_expires_after(expires_after.get("anchor"), expires_after.get("seconds"))
+        serializer = UploadCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
         now = timezone.now()
         upload = Upload.objects.create(
             owner=request.user,
-            filename=filename,
+            filename=data["filename"],
             purpose=data["purpose"],
-            bytes=size,
+            bytes=data["bytes"],
             mime_type=data["mime_type"],
             created_at=now,
             expires_at=now + UPLOAD_LIFETIME,
-            file_expires_after=expires_after,
+            file_expires_after=data["expires_after"],
         )
-        logger.info("upload.created upload_id=%s owner=%s purpose=%s bytes=%d", upload.id, request.user.pk, upload.purpose, size)
+        logger.info("upload.created upload_id=%s owner=%s purpose=%s bytes=%d", upload.id, request.user.pk, upload.purpose, upload.bytes)
         return Response(upload.to_openai())
 
     @action(detail=True, methods=["post"])
@@ -188,15 +157,9 @@ class UploadViewSet(OpenAIViewSet):
 
     @action(detail=True, methods=["post"])
     def complete(self, request, pk=None):
-        data = self._json_object(request)
-        part_ids = data.get("part_ids")
-        if part_ids is None:
-            raise OpenAIError("Missing required parameter: 'part_ids'.", param="part_ids", code="missing_required_parameter")
-        if not isinstance(part_ids, list) or not all(isinstance(p, str) for p in part_ids):
-            raise OpenAIError("Invalid type for 'part_ids': expected an array of strings.", param="part_ids", code="invalid_type")
-        md5 = data.get("md5")
-        if md5 is not None and not isinstance(md5, str):
-            raise OpenAIError("Invalid type for 'md5': expected a string.", param="md5", code="invalid_type")
+        serializer = UploadCompleteSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        part_ids, md5 = serializer.validated_data["part_ids"], serializer.validated_data["md5"]
         upload = self.get_object()
         status = upload.current_status()
         if status == UploadStatus.COMPLETED:

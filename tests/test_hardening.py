@@ -25,7 +25,8 @@ from rest_framework.test import APIClient
 from batches import tasks
 from batches.models import Batch, BatchStatus, WebhookEndpoint
 from files_app.models import File
-from files_app.views import FileViewSet, clean_filename
+from files_app.serializers import clean_filename
+from files_app.views import FileViewSet
 from tests.conftest import chat_line, jsonl, run_batches
 
 ROOT = Path(__file__).resolve().parent.parent

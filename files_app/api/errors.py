@@ -10,6 +10,7 @@ from django.http import Http404, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions, status
 from rest_framework.response import Response
+from rest_framework.settings import api_settings
 
 logger = logging.getLogger("openai_batches.api")
 
@@ -61,6 +62,11 @@ def exception_handler(exc, context):
         status_code = exc.status_code
         if exc.wait is not None:
             headers["Retry-After"] = str(max(1, int(exc.wait + 0.999)))
+    elif isinstance(exc, exceptions.ValidationError):
+        # A request body's serializer (serializers.py): its first error, at the field's path.
+        param, detail = first_error(exc.detail)
+        body = error_body(str(detail), param=param, code=getattr(detail, "code", None))
+        status_code = exc.status_code
     elif isinstance(exc, exceptions.ParseError):
         body = error_body(
             "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your "
@@ -79,6 +85,20 @@ def exception_handler(exc, context):
     if status_code >= 500:
         body["error"]["type"] = "server_error"
     return Response(body, status=status_code, headers=headers)
+
+
+def first_error(detail):
+    """The first error of a serializer's (nested) errors, and its path as OpenAI's ``param``
+    (``metadata.key``; None for an error of the whole body)."""
+    path = []
+    while isinstance(detail, (dict, list)):
+        if isinstance(detail, list):
+            detail = detail[0]
+        else:
+            key, detail = next(iter(detail.items()))
+            if key != api_settings.NON_FIELD_ERRORS_KEY:
+                path.append(str(key))
+    return ".".join(path) or None, detail
 
 
 def request_too_large():
