@@ -26,7 +26,6 @@ diagram); docs/reliability.md the failure model.
 
 import collections
 import logging
-import queue
 import time
 from datetime import timedelta
 
@@ -40,7 +39,7 @@ from ..conf import app_settings
 from ..models import Batch, BatchRequest, BatchStatus, RequestStatus
 from ..queue import enqueue
 from . import shutdown
-from .lanes import EventLoopThread, Job, Lane, timed_send
+from .lanes import Call, EventLoopThread, Job, Lane, timed_send
 from .outcome import DispatchOutcome
 from .results import ResultWriter
 
@@ -73,8 +72,7 @@ class Dispatcher:
         self.lanes = {}  # base URL -> Lane
         self.jobs = {}  # batch id -> Job
         self.clients = {}  # upstream.Route -> inference client
-        self.in_flight = {}  # row pk -> (job, attempts, concurrent future)
-        self.done = queue.SimpleQueue()  # (pk, future) from the loop thread
+        self.in_flight = {}  # row pk -> (job, attempts, lanes.Call)
         self.upstreams = []  # base URLs with batches in progress
         self.dispatchers = 1  # live dispatchers, cluster-wide
         self.slot = None
@@ -359,15 +357,17 @@ class Dispatcher:
         return claimed
 
     def _send_ready(self, now):
-        """Send ready rows as each upstream's breaker and the rate limits allow."""
+        """Send ready rows as each upstream's breaker and the rate limits allow (one hand-off to the loop)."""
+        calls = []
         for lane in self.lanes.values():
             for pk, job, attempts, body in lane.sendable(now):
-                future = self.loop.submit(timed_send(self._client(job.route), job.endpoint, body))
-                future.add_done_callback(lambda f, pk=pk: self.done.put((pk, f)))
-                self.in_flight[pk] = (job, attempts, future)
+                call = Call(pk, timed_send(self._client(job.route), job.endpoint, body))
+                calls.append(call)
+                self.in_flight[pk] = (job, attempts, call)
                 job.in_flight += 1
                 lane.in_flight += 1
-                self.sent += 1
+        self.sent += len(calls)
+        self.loop.start(calls)
 
     def _client(self, route):
         client = self.clients.get(route)
@@ -380,28 +380,19 @@ class Dispatcher:
 
     def _collect(self, timeout):
         """Move finished upstream calls from the loop thread into the write buffer."""
-        try:
-            item = self.done.get(timeout=timeout) if timeout else self.done.get_nowait()
-        except queue.Empty:
-            return
-        while True:
-            pk, future = item
-            held = self.in_flight.get(pk)
-            if held is not None and held[2] is future and not future.cancelled():
-                job, attempts, _ = self.in_flight.pop(pk)
-                self._record(pk, job, attempts, future)
-            try:
-                item = self.done.get_nowait()
-            except queue.Empty:
-                return
+        for call in self.loop.take_finished(timeout):
+            held = self.in_flight.get(call.pk)
+            if held is not None and held[2] is call and not call.cancelled:
+                job, attempts, _ = self.in_flight.pop(call.pk)
+                self._record(call.pk, job, attempts, call.task)
 
-    def _record(self, pk, job, attempts, future):
+    def _record(self, pk, job, attempts, task):
         lane = job.lane
         job.in_flight -= 1
         lane.in_flight -= 1
         lane.finished_since_claim += 1
         try:
-            outcome, latency_ms = future.result()
+            outcome, latency_ms = task.result()
         except Exception as exc:  # a bug, not an upstream problem: keep the line, retry later
             logger.exception("dispatcher.send_crashed batch_id=%s request_pk=%s", job.batch_id, pk)
             outcome, latency_ms = upstream.Outcome("retry", error={"code": "internal_error", "message": type(exc).__name__}), None
@@ -420,11 +411,13 @@ class Dispatcher:
 
     def _release_in_flight(self, ids):
         """Give unfinished calls back: their rows return to pending for whoever runs next."""
+        calls = []
         for pk in ids:
-            job, _, future = self.in_flight.pop(pk)
-            future.cancel()
+            job, _, call = self.in_flight.pop(pk)
+            calls.append(call)
             job.in_flight -= 1
             job.lane.in_flight -= 1
+        self.loop.cancel(calls)
         self._release(ids, "in_flight")
 
     def _release(self, ids, what):

@@ -18,21 +18,91 @@ from .breaker import CircuitBreaker
 CLAIM_MAX_ROWS = 64
 
 
+class Call:
+    """One row's upstream call, from the dispatching thread's side: its coroutine until
+    the loop starts it, then its task."""
+
+    __slots__ = ("pk", "coro", "task", "cancelled")
+
+    def __init__(self, pk, coro):
+        self.pk, self.coro, self.task, self.cancelled = pk, coro, None, False
+
+
 class EventLoopThread:
-    """An asyncio loop in a daemon thread, for the upstream calls."""
+    """An asyncio loop in a daemon thread, for the upstream calls.
+
+    Calls cross between the threads in groups: one hand-off starts every call the
+    dispatching thread had ready, and calls that finish in the same loop iteration wake
+    it once. A hand-off per call each way (``run_coroutine_threadsafe`` and a done
+    callback: a lock, a self-pipe write and a GIL switch each) cost about 7 % of the
+    CPU per line at 0 ms upstream latency, and delayed the loop at 50 ms."""
 
     def __init__(self):
         self.loop = asyncio.new_event_loop()
+        self.finished = collections.deque()  # Calls done, for the dispatching thread to take
+        self.woken = threading.Event()
+        self.wake_due = False  # loop thread only: a wake-up is scheduled for this iteration
         self.thread = threading.Thread(target=self.loop.run_forever, name="batch-upstream", daemon=True)
         self.thread.start()
 
     def submit(self, coro):
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
+    def start(self, calls):
+        """Start ``calls`` on the loop, with one hand-off."""
+        if calls:
+            self.loop.call_soon_threadsafe(self._start, calls)
+
+    def cancel(self, calls):
+        """Give ``calls`` up: one not started yet never starts, one running is cancelled.
+        A cancelled call is never handed back."""
+        for call in calls:
+            call.cancelled = True
+        if calls:
+            self.loop.call_soon_threadsafe(self._cancel, calls)
+
+    def take_finished(self, timeout=0):
+        """The Calls finished since the last take, waiting up to ``timeout`` seconds for one."""
+        if timeout and not self.finished:
+            self.woken.wait(timeout)
+        self.woken.clear()  # before taking: a call finishing from here on wakes the next take
+        taken = []
+        while self.finished:
+            taken.append(self.finished.popleft())
+        return taken
+
     def stop(self):
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=10)
         self.loop.close()
+
+    # --- in the loop thread ---
+
+    def _start(self, calls):
+        for call in calls:
+            coro, call.coro = call.coro, None
+            if call.cancelled:
+                coro.close()
+                continue
+            call.task = self.loop.create_task(coro)
+            call.task.add_done_callback(lambda task, call=call: self._done(call))
+
+    def _cancel(self, calls):
+        for call in calls:
+            if call.task is not None:
+                call.task.cancel()
+
+    def _done(self, call):
+        if call.cancelled or call.task.cancelled():
+            return
+        self.finished.append(call)
+        if not self.wake_due:
+            self.wake_due = True
+            self.loop.call_soon(self._wake)
+
+    def _wake(self):
+        self.wake_due = False
+        self.woken.set()
 
 
 async def timed_send(client, endpoint, body):
