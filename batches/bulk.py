@@ -7,6 +7,8 @@ UPDATE, sent with ``executemany`` (SQLite loops in C; psycopg 3 pipelines the
 statements in one round trip), and each keeps its own guard (the lease).
 """
 
+import json
+
 from django.db import connections, router, transaction
 
 
@@ -17,6 +19,18 @@ def update_each(objs, fields, **guard):
     if not objs:
         return 0
     model = type(objs[0])
+    connection = connections[router.db_for_write(model)]
+    targets = [model._meta.get_field(name) for name in fields]
+    rows = [(obj.pk, [field.get_db_prep_save(getattr(obj, field.attname), connection) for field in targets]) for obj in objs]
+    return update_rows(model, fields, rows, **guard)
+
+
+def update_rows(model, fields, rows, **guard):
+    """``update_each`` from ``(pk, values)`` pairs, ``values`` in ``fields`` order and
+    already as the database takes them (``Field.get_db_prep_save``, ``json_text``):
+    the dispatcher's result writes build no model instance."""
+    if not rows:
+        return 0
     connection = connections[router.db_for_write(model)]
     meta = model._meta
     quote = connection.ops.quote_name
@@ -29,16 +43,27 @@ def update_each(objs, fields, **guard):
         guards="".join(f" AND {quote(field.column)} = %s" for field, _ in guards),
     )
     guard_params = [field.get_db_prep_value(value, connection) for field, value in guards]
-    params = [
-        [field.get_db_prep_save(getattr(obj, field.attname), connection) for field in targets]
-        + [meta.pk.get_db_prep_value(obj.pk, connection)]
-        + guard_params
-        for obj in objs
-    ]
+    params = [[*values, pk, *guard_params] for pk, values in rows]
     # One transaction: in autocommit mode SQLite would commit every statement.
     with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
         cursor.executemany(sql, params)
         return cursor.rowcount
+
+
+class _JsonText(str):
+    """JSON that is already encoded."""
+
+
+class _PassThroughEncoder(json.JSONEncoder):
+    def encode(self, o):
+        return o if isinstance(o, _JsonText) else super().encode(o)
+
+
+def json_text(text, connection):
+    """``text`` (one JSON document) as a JSON column's parameter, stored as it is:
+    what ``JSONField.get_db_prep_save`` gives for its decoded value, without
+    decoding and encoding it again."""
+    return connection.ops.adapt_json_value(_JsonText(text), _PassThroughEncoder)
 
 
 def insert_each(objs):

@@ -144,7 +144,7 @@ async def send_bundle(call, bodies):
         return list(await asyncio.gather(*(call(body) for body in bodies)))
     request_id = outcome.request_id
     return [
-        _share(outcome, position, body=part, request_id=f"{request_id}-{position}" if request_id else "")
+        _share(outcome, position, body=part, body_text=None, request_id=f"{request_id}-{position}" if request_id else "")
         for position, part in enumerate(parts)
     ]
 

@@ -186,6 +186,9 @@ class Outcome:
     connection_error: bool = False
     # Seconds the call took (batches/usage.py's histogram): a measurement, not part of what the outcome is.
     latency: float | None = dataclasses.field(default=None, compare=False)
+    # ``body`` as the upstream sent it, when that text can be stored as it is (a JSON object on
+    # one line, nothing redacted): the result write skips encoding ``body`` again.
+    body_text: str | None = dataclasses.field(default=None, compare=False, repr=False)
 
     @property
     def backpressure(self):
@@ -230,12 +233,19 @@ def parse_retry_after(headers):
 
 
 def _json_body(content):
-    """The answer as a dict, or None when it is not JSON."""
+    """``(body, text)``: the answer as a dict (None when it is not JSON) and, when it is
+    a JSON object on one line, its text (a result line holds it as it is)."""
     try:
-        body = json.loads(content)
+        text = content.decode()
+    except UnicodeDecodeError:  # JSON in UTF-16 or -32 (json.loads detects them): decoded, never kept as text
+        text = None
+    try:
+        body = json.loads(content if text is None else text)
     except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
-        return None
-    return body if isinstance(body, dict) else {"data": body}
+        return None, None
+    if not isinstance(body, dict):
+        return {"data": body}, None
+    return body, (text if text is not None and "\n" not in text and "\r" not in text else None)
 
 
 def _text_body(content):
@@ -307,16 +317,16 @@ async def _send(client, endpoint, body):
             error={"code": "upstream_unreachable", "message": f"No answer from the upstream: {type(cause).__name__}."},
             connection_error=True,
         )
-    payload = _json_body(content)
+    payload, text = _json_body(content)
     is_json = payload is not None
     if not is_json:
         payload = _text_body(content)
     if len(client.api_key) >= 8 and client.api_key.encode() in content:
-        payload = redact(payload, client.api_key)
+        payload, text = redact(payload, client.api_key), None
     request_id = headers.get("x-request-id", "")
     if 200 <= status_code < 300:
         if is_json:
-            return Outcome("succeeded", status_code=status_code, body=payload, request_id=request_id)
+            return Outcome("succeeded", status_code=status_code, body=payload, request_id=request_id, body_text=text)
         # A 2xx that is not JSON (a proxy's page, a cut-off answer) is no result.
         error = {"code": "invalid_upstream_response", "message": f"The upstream answered HTTP {status_code} with a body that is not JSON."}
         return Outcome("failed", status_code=status_code, body=payload, request_id=request_id, error=error)
@@ -333,4 +343,5 @@ async def _send(client, endpoint, body):
         request_id=request_id,
         error=error,
         retry_after=parse_retry_after(headers) if kind == "retry" else None,
+        body_text=text,
     )

@@ -46,7 +46,8 @@ def status_class(outcome):
 def record(batch_of, finished_rows, outcomes, written):
     """Count what one result write finished, in its transaction.
 
-    ``finished_rows``: the BatchRequest instances written as succeeded or failed,
+    ``finished_rows``: the rows written as succeeded or failed (anything with a
+    ``BatchRequest``'s pk, status, status_code, response_body and finished_at),
     ``batch_of``: their batch ids by primary key, ``written``: ``{batch_id: (succeeded,
     failed)}`` rows whose write went through (the others lost their lease: the worker
     whose write landed counts them), ``outcomes``: ``[(batch_id, upstream.Outcome)]``

@@ -182,13 +182,13 @@ def test_buffered_results_survive_a_failed_write(validated, upstream, monkeypatc
     writer = ResultWriter("host:1:a", max_attempts=5)
     body = {"object": "chat.completion", "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
     writer.add(pk, batch_id, attempts, upstream_module.Outcome("succeeded", status_code=200, body=body, request_id="req_1"))
-    update_each = bulk.update_each
+    update_rows = bulk.update_rows
 
     def locked_once(*args, **kwargs):
-        monkeypatch.setattr(bulk, "update_each", update_each)
+        monkeypatch.setattr(bulk, "update_rows", update_rows)
         raise OperationalError("database is locked")
 
-    monkeypatch.setattr(bulk, "update_each", locked_once)
+    monkeypatch.setattr(bulk, "update_rows", locked_once)
     with pytest.raises(OperationalError):
         writer.flush()
     assert len(writer) == 1

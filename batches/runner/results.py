@@ -4,7 +4,7 @@ import collections
 import random
 from datetime import timedelta
 
-from django.db import InterfaceError, OperationalError, transaction
+from django.db import InterfaceError, OperationalError, connections, router, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -13,6 +13,8 @@ from ..conf import app_settings
 from ..models import Batch, BatchRequest, RequestStatus
 
 RESULT_FIELDS = ["status", "status_code", "upstream_request_id", "response_body", "error", "lease_owner", "lease_expires_at", "finished_at"]
+# What usage.record reads of a row the write finishes.
+FinishedRow = collections.namedtuple("FinishedRow", "pk status status_code response_body finished_at")
 # After back-pressure without a Retry-After (the upstream is full), a line waits about this long.
 BACKPRESSURE_DELAY_SECONDS = (0.05, 0.25)
 
@@ -70,46 +72,51 @@ class ResultWriter:
             return {}
         buffered, self.buffered = self.buffered, []
         now = timezone.now()
-        succeeded, failed, retry, batch_of = [], [], [], {}
+        connection = connections[router.db_for_write(BatchRequest)]
+        json_field = BatchRequest._meta.get_field("response_body")
+        at = connection.ops.adapt_datetimefield_value(now)
+        # Per batch, so its counters move by exactly the rows whose lease still held.
+        by_batch = collections.defaultdict(lambda: ([], [], [], []))  # succeeded, failed: (pk, values); their FinishedRows
+        retry, batch_of = [], {}
         for pk, batch_id, attempts, outcome, refund, backpressure in buffered:
             batch_of[pk] = batch_id
-            row = BatchRequest(pk=pk, lease_owner=None, lease_expires_at=None, finished_at=now)
-            row.status_code, row.upstream_request_id = outcome.status_code, outcome.request_id
-            row.response_body, row.error = outcome.body, outcome.error
-            if outcome.kind == "retry" and (refund or backpressure or attempts < self.max_attempts):
-                row.status, row.finished_at = RequestStatus.PENDING, None
-                row.attempts = attempts - 1 if refund or backpressure else attempts
-                delay = backpressure_delay(outcome.retry_after) if backpressure else backoff_delay(attempts, outcome.retry_after)
-                row.not_before = now + timedelta(seconds=delay)
-                retry.append(row)
-            elif outcome.kind == "succeeded":
-                row.status, row.error = RequestStatus.SUCCEEDED, None
-                succeeded.append(row)
+            body = outcome.body
+            if outcome.body_text is not None:
+                stored_body = bulk.json_text(outcome.body_text, connection)
             else:
-                row.status = RequestStatus.FAILED
+                stored_body = json_field.get_db_prep_save(body, connection)
+            error = json_field.get_db_prep_save(outcome.error, connection)
+            if outcome.kind == "retry" and (refund or backpressure or attempts < self.max_attempts):
+                delay = backpressure_delay(outcome.retry_after) if backpressure else backoff_delay(attempts, outcome.retry_after)
+                not_before = connection.ops.adapt_datetimefield_value(now + timedelta(seconds=delay))
+                values = [RequestStatus.PENDING, outcome.status_code, outcome.request_id, stored_body, error, None, None, None]
+                retry.append((pk, [*values, attempts - 1 if refund or backpressure else attempts, not_before]))
+                continue
+            if outcome.kind == "succeeded":
+                status, error, index = RequestStatus.SUCCEEDED, None, 0
+            else:
+                status, index = RequestStatus.FAILED, 1
                 if outcome.status_code is None:  # never got an answer: only the error is known
-                    row.response_body = None
-                failed.append(row)
+                    body = stored_body = None
+            rows = by_batch[batch_id]
+            rows[index].append((pk, [status, outcome.status_code, outcome.request_id, stored_body, error, None, None, at]))
+            rows[index + 2].append(FinishedRow(pk, status, outcome.status_code, body, now))
         lease = {"lease_owner": self.owner, "status": RequestStatus.RUNNING}
         finished = {}
         try:
             with transaction.atomic():
                 bulk.relax_commit()
-                # Per batch, so its counters move by exactly the rows whose lease still held.
-                by_batch = collections.defaultdict(lambda: ([], []))
-                for index, rows in enumerate((succeeded, failed)):
-                    for row in rows:
-                        by_batch[batch_of[row.pk]][index].append(row)
-                for batch_id, (batch_succeeded, batch_failed) in sorted(by_batch.items()):
-                    done_ok = bulk.update_each(batch_succeeded, RESULT_FIELDS, **lease)
-                    done_failed = bulk.update_each(batch_failed, RESULT_FIELDS, **lease)
+                for batch_id, (succeeded, failed, _, _) in sorted(by_batch.items()):
+                    done_ok = bulk.update_rows(BatchRequest, RESULT_FIELDS, succeeded, **lease)
+                    done_failed = bulk.update_rows(BatchRequest, RESULT_FIELDS, failed, **lease)
                     if done_ok or done_failed:
                         Batch.objects.filter(pk=batch_id).update(
                             completed_requests=F("completed_requests") + done_ok, failed_requests=F("failed_requests") + done_failed
                         )
                         finished[batch_id] = (done_ok, done_failed)
-                bulk.update_each(retry, RESULT_FIELDS + ["attempts", "not_before"], **lease)
-                usage.record(batch_of, succeeded + failed, [(entry[1], entry[3]) for entry in buffered], finished)
+                bulk.update_rows(BatchRequest, RESULT_FIELDS + ["attempts", "not_before"], retry, **lease)
+                finished_rows = [row for rows in by_batch.values() for row in rows[2] + rows[3]]
+                usage.record(batch_of, finished_rows, [(entry[1], entry[3]) for entry in buffered], finished)
         except (OperationalError, InterfaceError):
             self.buffered = buffered + self.buffered
             raise
