@@ -80,7 +80,7 @@ def exception_handler(exc, context):
             body["error"]["message"] = f"Method {context['request'].method} not allowed for this route."
     else:
         logger.exception("api.unhandled_exception view=%s", type(context.get("view")).__name__)
-        body = error_body("The server had an error while processing your request.", type="server_error")
+        body = server_error_body()
         status_code = 500
     if status_code >= 500:
         body["error"]["type"] = "server_error"
@@ -106,6 +106,16 @@ def request_too_large():
     return OpenAIError(
         f"The request body is too large. The maximum is {limit} bytes.", status_code=413, param=None, code="request_too_large"
     )
+
+
+def server_error_body():
+    return error_body("The server had an error while processing your request.", type="server_error")
+
+
+def api_server_error(request, *args, **kwargs):
+    """A site's ``handler500`` for its /v1 routes (errors outside DRF's views, in a
+    middleware say): OpenAI's 500 body, not an HTML page."""
+    return JsonResponse(server_error_body(), status=500)
 
 
 @csrf_exempt  # API clients send no CSRF token: a POST must get the 404 body, not a 403 page
