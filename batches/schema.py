@@ -4,31 +4,14 @@ imports it only when drf-spectacular is installed."""
 
 from drf_spectacular.extensions import OpenApiViewExtension
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field, extend_schema_view, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view, inline_serializer
 from rest_framework import serializers
 
 from files_app.schema import enum, errors, path_id, replace_view
 
-from .endpoints import ENDPOINTS
-from .field_rules import MAX_METADATA_KEY, MAX_METADATA_PAIRS, MAX_METADATA_VALUE
 from .models import Batch, BatchStatus, WebhookEndpoint, WebhookEventType
-from .serializers import OUTPUT_EXPIRES_AFTER_RANGE
+from .serializers import BatchCreateSerializer, MetadataField, WebhookEndpointCreateSerializer
 from .views import MAX_RESULTS_LIMIT, RESULT_STATUSES
-
-
-@extend_schema_field(
-    {
-        "type": "object",
-        "nullable": True,
-        "maxProperties": MAX_METADATA_PAIRS,
-        "additionalProperties": {"type": "string", "maxLength": MAX_METADATA_VALUE},
-        "description": (
-            f"Up to {MAX_METADATA_PAIRS} string pairs (keys up to {MAX_METADATA_KEY}, values up to {MAX_METADATA_VALUE} characters)."
-        ),
-    }
-)
-class MetadataField(serializers.DictField):
-    pass
 
 
 class BatchErrorSerializer(serializers.Serializer):
@@ -83,31 +66,8 @@ class BatchSerializer(serializers.Serializer):
     cancelled_at = unix_time()
     request_counts = RequestCountsSerializer()
     usage = BatchUsageSerializer(allow_null=True)
-    metadata = MetadataField(allow_null=True)
+    metadata = MetadataField(allow_null=True)  # the request's field, in its response shape
 
-
-OUTPUT_EXPIRES_AFTER = inline_serializer(
-    "OutputExpiresAfter",
-    fields={
-        "anchor": enum(["created_at"]),
-        "seconds": serializers.IntegerField(min_value=OUTPUT_EXPIRES_AFTER_RANGE[0], max_value=OUTPUT_EXPIRES_AFTER_RANGE[1]),
-    },
-    required=False,
-    allow_null=True,
-)
-
-CREATE_BATCH_REQUEST = inline_serializer(
-    "CreateBatchRequest",
-    fields={
-        "input_file_id": serializers.CharField(help_text="A file with purpose 'batch'."),
-        "endpoint": enum(tuple(ENDPOINTS), help_text="The images endpoints only where EXTRA_ENDPOINTS lists them."),
-        "completion_window": serializers.CharField(
-            help_text="'24h' (OpenAI's only value), or any value of the site's OPENAI_BATCHES['COMPLETION_WINDOWS']."
-        ),
-        "metadata": MetadataField(required=False, allow_null=True),
-        "output_expires_after": OUTPUT_EXPIRES_AFTER,
-    },
-)
 
 IDEMPOTENCY_KEY = OpenApiParameter(
     "Idempotency-Key",
@@ -121,7 +81,7 @@ documented_batch_views = extend_schema_view(
     create=extend_schema(
         operation_id="createBatch",
         summary="Create a batch",
-        request=CREATE_BATCH_REQUEST,
+        request=BatchCreateSerializer,
         parameters=[IDEMPOTENCY_KEY],
         responses={200: BatchSerializer, **errors(400, 404, 409, 413, 415)},
     ),
@@ -204,13 +164,7 @@ documented_webhook_views = extend_schema_view(
     create=extend_schema(
         operation_id="createWebhookEndpoint",
         summary="Register a webhook endpoint",
-        request=inline_serializer(
-            "CreateWebhookEndpointRequest",
-            fields={
-                "url": serializers.URLField(),
-                "event_types": serializers.ListField(child=enum(WebhookEventType.values), min_length=1),
-            },
-        ),
+        request=WebhookEndpointCreateSerializer,
         responses={200: WebhookEndpointSerializer, **errors(400, 413, 415)},
     ),
     list=extend_schema(

@@ -1,7 +1,7 @@
 """The request bodies of /v1/batches and /v1/webhooks, with OpenAI's errors
 (``files_app.api.serializers``)."""
 
-from files_app.api.serializers import OpenAIField, OpenAISerializer, StringField, StringListField, choices_text, invalid
+from files_app.api.serializers import OpenAIField, OpenAISerializer, StringField, StringListField, choices_text, invalid, string_enum
 from files_app.models import File
 from files_app.serializers import MAX_EXPIRES_AFTER, MIN_EXPIRES_AFTER
 
@@ -47,6 +47,15 @@ class MetadataField(OpenAIField):
                 )
         return data
 
+    def openapi_schema(self):
+        pairs, key, value = field_rules.MAX_METADATA_PAIRS, field_rules.MAX_METADATA_KEY, field_rules.MAX_METADATA_VALUE
+        return {
+            "type": "object",
+            "maxProperties": pairs,
+            "additionalProperties": {"type": "string", "maxLength": value},
+            "description": f"Up to {pairs} string pairs (keys up to {key}, values up to {value} characters).",
+        }
+
 
 class OutputExpiresAfterField(OpenAIField):
     """``{"anchor": "created_at", "seconds": N}``: how long the batch's output files are kept."""
@@ -63,6 +72,14 @@ class OutputExpiresAfterField(OpenAIField):
             raise invalid(f"Invalid '{param}.seconds': expected an integer between {low} and {high}.", "integer_out_of_range", "seconds")
         return seconds
 
+    def openapi_schema(self):
+        low, high = OUTPUT_EXPIRES_AFTER_RANGE
+        return {
+            "type": "object",
+            "properties": {"anchor": string_enum(["created_at"]), "seconds": {"type": "integer", "minimum": low, "maximum": high}},
+            "required": ["anchor", "seconds"],
+        }
+
 
 class IdempotencyKeyField(OpenAIField):
     """The ``Idempotency-Key`` header, else the body's ``idempotency_key``."""
@@ -77,16 +94,24 @@ class IdempotencyKeyField(OpenAIField):
             )
         return data
 
+    def openapi_schema(self):
+        return {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY_LENGTH}
+
 
 class BatchCreateSerializer(OpenAISerializer):
-    """``POST /v1/batches``; the context needs the ``request`` (for its Idempotency-Key header)."""
+    """The body of POST /v1/batches."""
 
-    input_file_id = StringField(max_length=File._meta.get_field("id").max_length)
-    endpoint = StringField(choices=enabled_endpoints)
-    completion_window = StringField(choices=windows.allowed_windows)
-    metadata = MetadataField(required=False)
-    output_expires_after = OutputExpiresAfterField(required=False)
-    idempotency_key = IdempotencyKeyField(required=False)
+    # Validated with context={"request": request}: the Idempotency-Key header wins over the body.
+
+    input_file_id = StringField(max_length=File._meta.get_field("id").max_length, help_text="A file with purpose 'batch'.")
+    endpoint = StringField(choices=enabled_endpoints, help_text="The images endpoints only where EXTRA_ENDPOINTS lists them.")
+    completion_window = StringField(
+        choices=windows.allowed_windows,
+        help_text="'24h' (OpenAI's only value), or any value of the site's OPENAI_BATCHES['COMPLETION_WINDOWS'].",
+    )
+    metadata = MetadataField(required=False, allow_null=True)
+    output_expires_after = OutputExpiresAfterField(required=False, allow_null=True)
+    idempotency_key = IdempotencyKeyField(required=False, help_text="Or the Idempotency-Key header, which wins.")
 
 
 class WebhookUrlField(StringField):
@@ -101,6 +126,9 @@ class WebhookUrlField(StringField):
         except UnsafeURL as exc:
             raise invalid(str(exc), "invalid_url") from None
         return url
+
+    def openapi_schema(self):
+        return {"type": "string", "format": "uri", "maxLength": MAX_URL_LENGTH}
 
 
 class EventTypesField(StringListField):
@@ -117,9 +145,12 @@ class EventTypesField(StringListField):
                 )
         return list(dict.fromkeys(event_types))
 
+    def openapi_schema(self):
+        return {"type": "array", "items": string_enum(WebhookEventType.values), "minItems": 1}
+
 
 class WebhookEndpointCreateSerializer(OpenAISerializer):
-    """``POST /v1/webhooks``."""
+    """The body of POST /v1/webhooks."""
 
     url = WebhookUrlField()
     event_types = EventTypesField()

@@ -6,7 +6,7 @@ here with response serializers and attached through an ``OpenApiViewExtension``
 (the views themselves stay free of schema code).
 """
 
-from drf_spectacular.extensions import OpenApiAuthenticationExtension, OpenApiViewExtension
+from drf_spectacular.extensions import OpenApiAuthenticationExtension, OpenApiSerializerFieldExtension, OpenApiViewExtension
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiExample,
@@ -18,8 +18,20 @@ from drf_spectacular.utils import (
 )
 from rest_framework import serializers
 
+from .api.serializers import string_enum
 from .models import UPLOADABLE_PURPOSES, File, FilePurpose, Upload, UploadStatus
-from .serializers import MAX_EXPIRES_AFTER, MIN_EXPIRES_AFTER
+from .serializers import MAX_EXPIRES_AFTER, MIN_EXPIRES_AFTER, UploadCompleteSerializer, UploadCreateSerializer
+
+
+class OpenAIFieldSchema(OpenApiSerializerFieldExtension):
+    """The request bodies are the views' serializers (``files_app.api.serializers``):
+    each field says what it accepts."""
+
+    target_class = "files_app.api.serializers.OpenAIField"
+    match_subclasses = True
+
+    def map_serializer_field(self, auto_schema, direction):
+        return self.target.openapi_schema()
 
 
 class ErrorSerializer(serializers.Serializer):
@@ -46,12 +58,12 @@ def errors(*statuses):
 def enum(values, **kwargs):
     """A string field limited to ``values``, described inline.
 
-    Wrapped in ``allOf`` so drf-spectacular's enum post-processing leaves it
-    alone: it would otherwise hoist every choice set into a shared component
-    and warn about the name collisions of fields like ``object``.
+    Wrapped in ``allOf`` (``string_enum``) so drf-spectacular's enum post-processing
+    leaves it alone: it would otherwise hoist every choice set into a shared
+    component and warn about the name collisions of fields like ``object``.
     """
 
-    @extend_schema_field({"type": "string", "allOf": [{"enum": list(values)}]})
+    @extend_schema_field(string_enum(values))
     class EnumField(serializers.CharField):
         pass
 
@@ -171,34 +183,7 @@ class OpenAIUploadPartSerializer(serializers.Serializer):
     upload_id = serializers.CharField()
 
 
-CREATE_UPLOAD_REQUEST = inline_serializer(
-    name="CreateUploadRequest",
-    fields={
-        "bytes": serializers.IntegerField(min_value=1, help_text="The size of the whole file."),
-        "filename": serializers.CharField(help_text="Batch input files must be named *.jsonl."),
-        "mime_type": serializers.CharField(help_text="e.g. application/jsonl"),
-        "purpose": enum(UPLOADABLE_PURPOSES),
-        "expires_after": inline_serializer(
-            name="UploadExpiresAfter",
-            fields={
-                "anchor": enum(["created_at"]),
-                "seconds": serializers.IntegerField(min_value=MIN_EXPIRES_AFTER, max_value=MAX_EXPIRES_AFTER),
-            },
-            required=False,
-            help_text="Expiry of the File the upload becomes.",
-        ),
-    },
-)
-
 ADD_PART_REQUEST = inline_serializer(name="AddUploadPartRequest", fields={"data": serializers.FileField(help_text="At most 64 MB.")})
-
-COMPLETE_UPLOAD_REQUEST = inline_serializer(
-    name="CompleteUploadRequest",
-    fields={
-        "part_ids": serializers.ListField(child=serializers.CharField(), help_text="The parts, in file order."),
-        "md5": serializers.CharField(required=False, help_text="Checked against the joined bytes."),
-    },
-)
 
 UPLOAD_ID = path_id("The upload's id (upload_...).")
 
@@ -206,7 +191,7 @@ documented_upload_views = extend_schema_view(
     create=extend_schema(
         operation_id="createUpload",
         summary="Start an upload in parts",
-        request=CREATE_UPLOAD_REQUEST,
+        request=UploadCreateSerializer,
         responses={200: OpenAIUploadSerializer, **errors(400, 413, 415)},
     ),
     parts=extend_schema(
@@ -220,7 +205,7 @@ documented_upload_views = extend_schema_view(
         operation_id="completeUpload",
         summary="Complete an upload: its parts become a file",
         parameters=[UPLOAD_ID],
-        request=COMPLETE_UPLOAD_REQUEST,
+        request=UploadCompleteSerializer,
         responses={200: OpenAIUploadSerializer, **errors(400, 404, 409, 413, 415)},
     ),
     cancel=extend_schema(

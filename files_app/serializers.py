@@ -8,7 +8,7 @@ from django.core.files.uploadedfile import UploadedFile
 from rest_framework.fields import empty
 from rest_framework.utils import html
 
-from .api.serializers import IntegerField, OpenAIField, OpenAISerializer, StringField, StringListField, invalid
+from .api.serializers import IntegerField, OpenAIField, OpenAISerializer, StringField, StringListField, invalid, string_enum
 from .conf import app_settings
 from .models import UPLOADABLE_PURPOSES, FilePurpose
 
@@ -76,6 +76,16 @@ class FileExpiresAfterField(OpenAIField):
             )
         return seconds
 
+    def openapi_schema(self):
+        return {
+            "type": "object",
+            "properties": {
+                "anchor": string_enum(["created_at"]),
+                "seconds": {"type": "integer", "minimum": MIN_EXPIRES_AFTER, "maximum": MAX_EXPIRES_AFTER},
+            },
+            "required": ["anchor", "seconds"],
+        }
+
 
 class UploadedFileField(OpenAIField):
     """The file part of a multipart body."""
@@ -96,7 +106,7 @@ def named(data, name, *, param):
 
 
 class FileCreateSerializer(OpenAISerializer):
-    """``POST /v1/files`` (multipart)."""
+    """The body of POST /v1/files (multipart; the schema's CreateFileRequest spells its form fields)."""
 
     file = UploadedFileField()
     purpose = PurposeField()
@@ -107,19 +117,13 @@ class FileCreateSerializer(OpenAISerializer):
 
 
 class UploadCreateSerializer(OpenAISerializer):
-    """``POST /v1/uploads``."""
+    """The body of POST /v1/uploads."""
 
-    bytes = IntegerField()
-    filename = StringField()
-    mime_type = StringField()
+    bytes = IntegerField(min_value=1, max_value=lambda: app_settings.MAX_UPLOAD_BYTES, help_text="The size of the whole file.")
+    filename = StringField(help_text="Batch input files must be named *.jsonl.")
+    mime_type = StringField(help_text="e.g. application/jsonl")
     purpose = PurposeField()
-    expires_after = FileExpiresAfterField(required=False)
-
-    def validate_bytes(self, size):
-        limit = app_settings.MAX_UPLOAD_BYTES
-        if not 0 < size <= limit:
-            raise invalid(f"Invalid 'bytes': expected a value between 1 and {limit}, but got {size} instead.", "integer_out_of_range")
-        return size
+    expires_after = FileExpiresAfterField(required=False, help_text="Expiry of the File the upload becomes.")
 
     def validate_mime_type(self, mime_type):
         if len(mime_type) > 255 or "/" not in mime_type:
@@ -131,7 +135,7 @@ class UploadCreateSerializer(OpenAISerializer):
 
 
 class UploadCompleteSerializer(OpenAISerializer):
-    """``POST /v1/uploads/{id}/complete``."""
+    """The body of POST /v1/uploads/{id}/complete."""
 
-    part_ids = StringListField()
-    md5 = StringField(required=False)
+    part_ids = StringListField(help_text="The parts, in file order.")
+    md5 = StringField(required=False, help_text="Checked against the joined bytes.")
