@@ -58,6 +58,21 @@ def confirmation_page(modeladmin, request, *, question, button, eligible, refuse
     return TemplateResponse(request, "admin/files_app/confirm_action.html", context)
 
 
+def confirm_then_act(modeladmin, request, eligible, refused, *, act, refused_verb, **page):
+    """The flow of an action with a confirmation page (``confirmation_page``, ``page`` its
+    texts): first the page, or only the refusals when no object is eligible; once
+    confirmed, ``act(objects)`` does the work and returns the ``(obj, reason)`` it could
+    not do, reported with the refusals."""
+    if request.POST.get("post") == "yes":
+        missed = act([obj for obj, _ in eligible])
+        report_refused(modeladmin, request, refused_verb, refused + missed)
+        return None
+    if not eligible:
+        report_refused(modeladmin, request, refused_verb, refused)
+        return None
+    return confirmation_page(modeladmin, request, eligible=eligible, refused=refused, **page)
+
+
 def report_refused(modeladmin, request, verb, refused):
     """One warning listing the objects an action skipped, and why."""
     if refused:
@@ -222,24 +237,24 @@ class ApiKeyAdmin(admin.ModelAdmin):
     def revoke_keys(self, request, queryset):
         eligible = [(key, f"{key.user}, created {key.created_at:%Y-%m-%d}") for key in queryset.select_related("user") if key.is_active]
         refused = [(key, "already revoked") for key in queryset if not key.is_active]
-        if request.POST.get("post") == "yes":
-            for key, _ in eligible:
+
+        def revoke(keys):
+            for key in keys:
                 key.revoke()
                 logger.info("api_key.revoked key_id=%s staff=%s", key.pk, request.user.pk)
-            self.message_user(request, f"Revoked {len(eligible)} API key{'s' if len(eligible) != 1 else ''}.", messages.SUCCESS)
-            report_refused(self, request, "revoked", refused)
-            return None
-        if not eligible:
-            report_refused(self, request, "revoked", refused)
-            return None
-        return confirmation_page(
+            self.message_user(request, f"Revoked {len(keys)} API key{'s' if len(keys) != 1 else ''}.", messages.SUCCESS)
+            return []
+
+        return confirm_then_act(
             self,
             request,
+            eligible,
+            refused,
+            act=revoke,
+            refused_verb="revoked",
             question="Revoke these API keys?",
             consequence="Clients using them get 401 from their next request on. This cannot be undone.",
             button="Yes, revoke",
-            eligible=eligible,
-            refused=refused,
         )
 
 

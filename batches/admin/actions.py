@@ -6,7 +6,7 @@ from django.contrib import admin, messages
 from django.db.models import Count, Exists, OuterRef, Q
 from django.utils.html import format_html, format_html_join
 
-from files_app.admin import confirmation_page, report_refused
+from files_app.admin import confirm_then_act
 from files_app.models import File
 
 from .. import operations
@@ -129,44 +129,35 @@ def rerun_batches(modeladmin, request, queryset):
     )
 
 
-def _confirm_then_change(modeladmin, request, eligible, refused, *, change, done_message, refused_verb, **page):
-    """Shared flow of the actions that change batches in place: confirmation page first,
-    then ``change(batch, user)`` for each eligible batch (False: its status moved meanwhile)."""
-    if request.POST.get("post") == "yes":
+def _confirm_then_change(modeladmin, request, eligible, refused, *, change, done_message, **flow):
+    """The actions that change batches in place: ``change(batch, user)`` for each
+    confirmed batch (False: its status moved meanwhile)."""
+
+    def act(batches):
         done, missed = [], []
-        for batch, _ in eligible:
+        for batch in batches:
             (done if change(batch, request.user) else missed).append(batch)
         if done:
-            batches = f"{len(done)} batch{'es' if len(done) != 1 else ''}"
-            modeladmin.message_user(request, done_message.format(batches=batches, ids=", ".join(b.id for b in done)), messages.SUCCESS)
-        report_refused(modeladmin, request, refused_verb, refused + [(batch, "its status changed meanwhile") for batch in missed])
-        return None
-    if not eligible:
-        report_refused(modeladmin, request, refused_verb, refused)
-        return None
-    return confirmation_page(modeladmin, request, eligible=eligible, refused=refused, **page)
+            count = f"{len(done)} batch{'es' if len(done) != 1 else ''}"
+            modeladmin.message_user(request, done_message.format(batches=count, ids=", ".join(b.id for b in done)), messages.SUCCESS)
+        return [(batch, "its status changed meanwhile") for batch in missed]
+
+    return confirm_then_act(modeladmin, request, eligible, refused, act=act, **flow)
 
 
-def _confirm_then_create(modeladmin, request, eligible, refused, *, create, created_label, refused_verb, **page):
-    """Shared flow of the actions that create new batches: confirmation page first,
-    then ``create(batch, user)`` for each eligible batch, reporting what was refused."""
-    if request.POST.get("post") == "yes":
-        created = []
-        for batch, _ in eligible:
+def _confirm_then_create(modeladmin, request, eligible, refused, *, create, created_label, **flow):
+    """The actions that create new batches: ``create(batch, user)`` for each confirmed batch."""
+
+    def act(batches):
+        created, missed = [], []
+        for batch in batches:
             try:
                 created.append((create(batch, request.user), batch))
             except operations.NotAllowed as exc:
-                refused.append((batch, str(exc)))
-        _report_created(modeladmin, request, created, created_label)
-        report_refused(modeladmin, request, refused_verb, refused)
-        return None
-    if not eligible:
-        report_refused(modeladmin, request, refused_verb, refused)
-        return None
-    return confirmation_page(modeladmin, request, eligible=eligible, refused=refused, **page)
+                missed.append((batch, str(exc)))
+        if created:
+            items = format_html_join(", ", "{} as {}", ((original.id, modeladmin.link(new)) for new, original in created))
+            modeladmin.message_user(request, format_html("{}: {}.", created_label, items), messages.SUCCESS)
+        return missed
 
-
-def _report_created(modeladmin, request, created, what):
-    if created:
-        items = format_html_join(", ", "{} as {}", ((original.id, modeladmin.link(new)) for new, original in created))
-        modeladmin.message_user(request, format_html("{}: {}.", what, items), messages.SUCCESS)
+    return confirm_then_act(modeladmin, request, eligible, refused, act=act, **flow)
