@@ -31,14 +31,7 @@ def measure(args):
     best = max(runs, key=lambda run: run["lines_per_s"])
     max_calls = args.lines / TARGET_LINES_PER_CALL
     return {
-        "params": {
-            "lines": args.lines,
-            "latency_ms": args.latency_ms,
-            "concurrency": args.concurrency,
-            "bundle_size": args.bundle_size or "default",
-            "db": args.db,
-            "redis": bool(args.redis),
-        },
+        "params": common.run_params(args, bundle_size=args.bundle_size or "default"),
         "runs": runs,
         "best": best,
         "target": TARGET_LINES_PER_S,

@@ -28,13 +28,7 @@ def measure(args):
                 runs.append(run)
     best = max(runs, key=lambda run: run["lines_per_s"])
     return {
-        "params": {
-            "lines": args.lines,
-            "latency_ms": args.latency_ms,
-            "concurrency": args.concurrency,
-            "db": args.db,
-            "redis": bool(args.redis),
-        },
+        "params": common.run_params(args),
         "runs": runs,
         "best": best,
         "target": TARGET_LINES_PER_S,

@@ -35,13 +35,7 @@ def measure(args):
             by_processes[processes] = max(runs, key=lambda run: run["lines_per_s"])
     speedup = by_processes[2]["lines_per_s"] / by_processes[1]["lines_per_s"]
     return {
-        "params": {
-            "lines": args.lines,
-            "latency_ms": args.latency_ms,
-            "concurrency": args.concurrency,
-            "db": args.db,
-            "redis": bool(args.redis),
-        },
+        "params": common.run_params(args),
         "one": by_processes[1],
         "two": by_processes[2],
         "speedup": speedup,

@@ -47,14 +47,7 @@ def measure(args, during=None):
         run["share_of_bare_client"] = run["lines_per_s"] / baseline
     best = max(runs, key=lambda run: run["lines_per_s"])
     return {
-        "params": {
-            "lines": args.lines,
-            "latency_ms": args.latency_ms,
-            "concurrency": args.concurrency,
-            "run_tasks": args.run_tasks,
-            "db": args.db,
-            "redis": bool(args.redis),
-        },
+        "params": common.run_params(args, run_tasks=args.run_tasks),
         "ideal_lines_per_s": ideal,
         "bare_client_lines_per_s": baseline,
         "bare_client_runs": bare_runs,

@@ -154,6 +154,18 @@ def request_body(endpoint, i):
     return {"model": MODEL, "messages": [{"role": "user", "content": f"Say hello to number {i}."}], "max_tokens": 16}
 
 
+def run_params(args, **extra):
+    """The parameters a benchmark's result records: its size, the upstream latency, the stack."""
+    return {
+        "lines": args.lines,
+        "latency_ms": args.latency_ms,
+        "concurrency": args.concurrency,
+        **extra,
+        "db": args.db,
+        "redis": bool(args.redis),
+    }
+
+
 def batch_input(lines, endpoint=CHAT):
     out = io.BytesIO()
     for i in range(lines):
