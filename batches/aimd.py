@@ -10,7 +10,11 @@ update. docs/scheduling.md explains the whole scheduler.
   upstream, timeouts, connection errors) or when recent latency is above
   ``LATENCY_CUT_RATIO`` × the baseline; at most once per cooldown (about one
   round trip), since the calls already in flight when the limit was cut answer
-  with the same signal.
+  with the same signal. The factor is Netflix concurrency-limits' AIMD default
+  (0.9): TCP's 0.5-0.7 left a sawtooth averaging 87 % of the upstream's
+  capacity. The first cut, which ends slow start, starts from what was in
+  flight rather than from the limit that doubling overshot (as TCP sets its
+  threshold from the flight size), keeping at least half the limit.
 * **Increase**: +1 per window of successful calls (as many successes as the
   limit, one round trip's worth) while recent latency stays within
   ``LATENCY_GROW_RATIO`` × baseline and the demand fills the limit; doubled per
@@ -26,7 +30,9 @@ update. docs/scheduling.md explains the whole scheduler.
 import dataclasses
 import math
 
-DECREASE_FACTOR = 0.7
+DECREASE_FACTOR = 0.9
+# The cut ending slow start keeps at least this share of the limit, however few requests were in flight.
+MIN_DECREASE_SHARE = 0.5
 LATENCY_GROW_RATIO = 1.5
 LATENCY_CUT_RATIO = 2.5
 # Per successful call: how fast the recent and the baseline latency follow.
@@ -72,11 +78,12 @@ class Limit:
         rtt = (self.latency_ms or 0.0) / 1000
         return max(MIN_COOLDOWN_SECONDS, COOLDOWN_RTTS * rtt)
 
-    def apply(self, feedback, *, now, ceiling, saturated):
+    def apply(self, feedback, *, now, ceiling, saturated, in_flight):
         """Fold ``feedback`` into the limit; returns the reason when the limit changed, else None.
 
         ``saturated``: the demand filled the limit when this feedback was gathered,
-        so successes say the upstream could take more (an idle limit never grows)."""
+        so successes say the upstream could take more (an idle limit never grows).
+        ``in_flight``: the requests in flight when it was gathered (cluster-wide)."""
         self.concurrency_limit = max(1, min(self.concurrency_limit, ceiling))
         if feedback.successes:
             self._observe_latency(feedback.latency_sum_ms / feedback.successes, feedback.successes)
@@ -86,7 +93,10 @@ class Limit:
             if not cooled:
                 return None
             before = self.concurrency_limit
-            self.concurrency_limit = max(1, math.floor(before * DECREASE_FACTOR))
+            cut = math.floor(DECREASE_FACTOR * before)
+            if self.last_decrease_at is None:
+                cut = max(math.floor(DECREASE_FACTOR * min(before, in_flight)), math.floor(before * MIN_DECREASE_SHARE))
+            self.concurrency_limit = max(1, min(before - 1, cut))
             self.last_decrease_at = now
             self.successes_since_increase = 0
             if slow:  # the new normal, if it stays: do not cut again for the same latency

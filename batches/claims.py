@@ -230,7 +230,7 @@ class Claimer:
 
     def _apply(self, cursor, base_url, limit, feedback, *, ceiling, saturated, in_flight):
         before = limit.concurrency_limit
-        reason = limit.apply(feedback, now=time.time(), ceiling=ceiling, saturated=saturated)
+        reason = limit.apply(feedback, now=time.time(), ceiling=ceiling, saturated=saturated, in_flight=in_flight)
         if not feedback and limit.concurrency_limit == before:
             return
         values = [getattr(limit, name) for name in self.state_fields]

@@ -296,10 +296,12 @@ def budget(upstream, args):
     env = {"BATCHES_UPSTREAM_MAX_IN_FLIGHT": str(params["upstream_max_in_flight"])}
     with common.live_stack(upstream.base_url, concurrency=params["per_batch_cap"], db=args.db, env=env) as stack:
         client = stack.client(timeout=120)
-        with common.CpuUse(stack) as cpu:
+        with LimitSampler(stack) as limits, common.CpuUse(stack) as cpu:
             ids = [submit(client, params["lines"], "A", f"a{i}") for i in range(params["batches"])]
             finals = [wait_terminal(client, batch_id) for batch_id in ids]
         stats, slices = upstream.stats(), run_slices(upstream.timeline())
+    # The adaptive limit beside the in-flight count: a limit held low and a dispatcher slow to refill are two causes.
+    run_limits = [limit for t, limit in limits.samples]
     low, high = params["band"]
     in_band = sum(1 for s in slices if low <= s["in_flight_mean"] <= high) / max(1, len(slices))
     mean = sum(s["in_flight_mean"] for s in slices) / max(1, len(slices))
@@ -310,6 +312,7 @@ def budget(upstream, args):
         ("upstream max in flight", stats["max_in_flight"], f"<= {params['upstream_max_in_flight']}"),
         ("mean in flight over the run", f"{mean:.1f}", ""),
         ("run length, lines completed", f"{len(slices) * SLICE_S:.1f} s, {completed:,}", ""),
+        ("scheduler's limit during the run: mean (min-max)", limit_text(run_limits, limits.available), ""),
         cpu_figure(cpu.result, completed),
     ]
     result = {
@@ -319,6 +322,7 @@ def budget(upstream, args):
         "run_s": len(slices) * SLICE_S,
         "completed": completed,
         "in_flight_per_slice": [round(s["in_flight_mean"], 1) for s in slices],
+        "limit_samples": run_limits if limits.available else None,
         **cpu.result,
     }
     return params, result, figures, met

@@ -174,6 +174,8 @@ class Dispatcher:
         """One round: collect, write, check, renew, send, claim. A stop reason once done."""
         self._collect(timeout=0.02 if self.in_flight or self._has_ready() else 0)
         now = time.monotonic()
+        if not self.stop_reason:  # refill the places that just freed before writing their results
+            self._claim_more(now)
         if len(self.results) and (
             len(self.results) >= FLUSH_EVERY_RESULTS or now - self.last_flush >= FLUSH_EVERY_SECONDS or not self.in_flight
         ):
