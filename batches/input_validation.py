@@ -1,10 +1,18 @@
 """The validation phase of a batch (the ``validate_batch`` task): the input file
 is streamed once, every line checked (``validation.LineValidator``) and stored as
-a request row, then the batch moves to ``in_progress`` or ``failed``."""
+a request row, then the batch moves to ``in_progress`` or ``failed``.
+
+Validation tasks take the waiting batches smallest input first (``take_next``):
+django-q2 runs tasks in the order they were queued, so a 10-line batch queued
+behind five large ones would otherwise wait for all five on the worker that is
+not dispatching."""
 
 import logging
 import secrets
+from datetime import timedelta
 
+from django.db.models import BigIntegerField, Case, OuterRef, Q, Subquery, Value, When
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from files_app.models import File
@@ -17,6 +25,34 @@ from .validation import LineError, LineValidator
 logger = logging.getLogger("openai_batches.tasks")
 
 ROWS_PER_INSERT = 1000
+# A batch waiting this long goes first whatever its size: small files keep coming cannot hold a large one back.
+VALIDATION_AGING_SECONDS = 30
+# Candidates tried per task: the rest are leased by other workers or taken by later tasks.
+TAKE_CANDIDATES = 10
+
+
+def take_next(owner, queued_for):
+    """Lease the waiting batch to validate now, or None: the smallest input file first
+    (``queued_for``, the batch the task was queued for, breaks ties), batches waiting
+    longer than VALIDATION_AGING_SECONDS before all others, oldest first.
+
+    Every batch still has a task of its own: one validated by another batch's task
+    leaves its task to validate the next one in this order, so none is left behind,
+    and the sweeper re-queues any whose lease lapsed."""
+    now = timezone.now()
+    waiting = Batch.objects.filter(Q(lease_owner__isnull=True) | Q(lease_expires_at__lte=now), status=BatchStatus.VALIDATING)
+    aged = now - timedelta(seconds=VALIDATION_AGING_SECONDS)
+    file_bytes = File.objects.filter(pk=OuterRef("input_file_id")).values("bytes")[:1]
+    order = waiting.annotate(
+        aged=Case(When(created_at__lte=aged, then=Value(0)), default=Value(1)),
+        own=Case(When(pk=queued_for, then=Value(0)), default=Value(1)),
+        # A subquery, not a join: a batch whose file is gone must still be taken (to fail).
+        size=Case(When(created_at__lte=aged, then=Value(0)), default=Coalesce(Subquery(file_bytes), 0), output_field=BigIntegerField()),
+    ).order_by("aged", "size", "own", "created_at")
+    for batch_id in order.values_list("pk", flat=True)[:TAKE_CANDIDATES]:
+        if lifecycle.acquire_batch_lease(batch_id, owner, [BatchStatus.VALIDATING]):
+            return batch_id
+    return None
 
 
 class InputValidation:

@@ -3,6 +3,7 @@ once (ORM broker) or at most once (Redis), and the sweeper re-enqueues anything
 whose lease went stale, so running any of these twice is harmless."""
 
 import logging
+import time
 from datetime import timedelta
 
 from django.db.models import Q
@@ -12,26 +13,44 @@ from files_app.models import File, Upload
 
 from . import lifecycle, slots, webhooks
 from .conf import app_settings
-from .input_validation import InputValidation
+from .input_validation import InputValidation, take_next
 from .models import Batch, BatchRequest, BatchStatus
 from .output import finalize_batch as _finalize_batch
 from .queue import enqueue
 from .runner import Dispatcher
+from .runner.shutdown import worker_shutdown
 
 logger = logging.getLogger("openai_batches.tasks")
 
+# A validation that took longer does not go on dispatching in the same task: the slice and
+# its drain keep only about 10 s of the task's timeout spare (batches/runner/dispatcher.py).
+IN_PLACE_DISPATCH_SECONDS = 5.0
+
 
 def validate_batch(batch_id):
+    """Validate the waiting batch with the smallest input, maybe another than ``batch_id``
+    (``input_validation.take_next``): its outcome, or "skipped" when none waits."""
     owner = lifecycle.worker_id()
-    if not lifecycle.acquire_batch_lease(batch_id, owner, [BatchStatus.VALIDATING]):
+    batch_id = take_next(owner, batch_id)
+    if batch_id is None:
         return "skipped"
+    started = time.monotonic()
     try:
         outcome = InputValidation(batch_id, owner).run()
     finally:
         lifecycle.release_batch_lease(batch_id, owner)
     if outcome == "interrupted":
         _finalize_batch(batch_id)  # cancelled or expired while validating
+    elif outcome == "in_progress" and time.monotonic() - started < IN_PLACE_DISPATCH_SECONDS and _dispatcher_wanted():
+        # The dispatch task start_processing queued waits behind the other validations (django-q2
+        # runs tasks in order): this worker becomes the dispatcher now, and that task finds no free slot.
+        return f"{outcome}; dispatch: {dispatch()}"
     return outcome
+
+
+def _dispatcher_wanted():
+    """In a cluster worker (never in a task run inline: tests, sync mode), while fewer than DISPATCHERS live."""
+    return worker_shutdown.in_cluster() and slots.live_count() < app_settings.DISPATCHERS
 
 
 def dispatch():

@@ -40,6 +40,10 @@ class WorkerShutdown:
         signal.signal(signal.SIGTERM, self.on_sigterm)
         return True
 
+    def in_cluster(self):
+        """True in a django-q2 cluster worker (after ``install()``)."""
+        return self.cluster_stopping is not None
+
     def requested(self):
         return self.signalled.is_set() or bool(self.cluster_stopping is not None and self.cluster_stopping.is_set())
 
