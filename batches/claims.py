@@ -10,7 +10,7 @@ that lock it:
 3. divides the free places (limit minus in flight) between owners and their
    batches (``fairshare.py``), each batch within MAX_CONCURRENT_REQUESTS_PER_BATCH,
 4. leases rows: lapsed leases (a dead dispatcher's) first, then pending rows past
-   their backoff in file order.
+   their backoff, those that start alike together (``prefixes.py``), in file order.
 
 So the upstream budget, the fair share and the per-batch cap are exact across
 processes and hosts. Built with the ORM, each statement cost about 1 ms of
@@ -110,7 +110,7 @@ class Claimer:
         self.lapsed_sql = f"SELECT {pk} FROM {table} WHERE {batch_id} = %s AND {status} = %s AND {lease_expires_at} <= %s LIMIT %s"
         self.pending_sql = (
             f"SELECT {pk} FROM {table} WHERE {batch_id} = %s AND {status} = %s AND ({not_before} IS NULL OR {not_before} <= %s) "
-            f"ORDER BY {column(request, 'line')} LIMIT %s"
+            f"ORDER BY {column(request, 'prefix_key')}, {column(request, 'line')} LIMIT %s"
         )
         # Rows are picked by primary key alone: with batch_id too, SQLite walks the batch's whole index.
         self.update_sql = (

@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from files_app.models import File
 
-from . import bulk, lifecycle, quotas, ratelimit, upstream
+from . import bulk, lifecycle, prefixes, quotas, ratelimit, upstream
 from .conf import app_settings
 from .models import Batch, BatchRequest, BatchStatus, RequestStatus
 from .validation import LineError, LineValidator
@@ -130,7 +130,13 @@ class InputValidation:
         return "in_progress"
 
     def _add_row(self, valid):
-        row = BatchRequest(batch_id=self.batch.id, line=valid.line, custom_id=valid.custom_id, body=valid.body)
+        row = BatchRequest(
+            batch_id=self.batch.id,
+            line=valid.line,
+            custom_id=valid.custom_id,
+            body=valid.body,
+            prefix_key=prefixes.prefix_key(self.batch.endpoint, valid.body),
+        )
         self.prompt_tokens += ratelimit.estimate_prompt_tokens(valid.body)
         if valid.problem:
             # Breaks the endpoint's schema: answered here as OpenAI would, never sent upstream.

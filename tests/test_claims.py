@@ -146,3 +146,22 @@ def test_feedback_moves_the_shared_limit(running, scheduling, upstream):
     cut = claim(dispatcher, upstream.base_url, feedback=Feedback(congestion=1))
     assert cut.limit == 14  # slow start ends at 0.9 × the 16 in flight
     assert UpstreamState.objects.get(base_url=upstream.base_url).last_decrease_at is not None
+
+
+def test_rows_that_start_alike_are_claimed_together_in_file_order(make_batch, scheduling, upstream):
+    # Two system prompts, interleaved line by line in the file.
+    prompts = ["You translate into French.", "You summarise legal text."]
+    lines = [
+        chat_line(f"r{i}", f"text {i}", messages=[{"role": "system", "content": prompts[i % 2]}, {"role": "user", "content": f"text {i}"}])
+        for i in range(8)
+    ]
+    batch = make_batch(lines)
+    assert tasks.validate_batch(batch.id) == "in_progress"
+    dispatcher = claims.Claimer("host:1:a")
+    claimed = []
+    for _ in range(4):
+        pks = [pk for pk, *_ in claim(dispatcher, upstream.base_url, wanted=2).rows]
+        claimed += sorted(BatchRequest.objects.filter(pk__in=pks).values_list("line", flat=True))
+    first_group = claimed[0] % 2
+    # One system prompt's four lines first, in file order, then the other's.
+    assert claimed == [line for parity in (first_group, 1 - first_group) for line in range(1, 9) if line % 2 == parity]

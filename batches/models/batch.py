@@ -213,6 +213,9 @@ class BatchRequest(models.Model):
     lease_owner = models.CharField(max_length=64, null=True, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     not_before = models.DateTimeField(null=True, blank=True, help_text="Retry backoff: not claimed before this time.")
+    prefix_key = models.BigIntegerField(
+        default=0, help_text="Hash of how the prompt starts: pending rows are sent in (prefix_key, line) order."
+    )
     # Result: status_code + response_body when the upstream answered; error when it never did.
     status_code = models.PositiveSmallIntegerField(null=True, blank=True)
     response_body = models.JSONField(null=True, blank=True)
@@ -229,7 +232,8 @@ class BatchRequest(models.Model):
             models.UniqueConstraint(fields=["batch", "line"], name="batchrequest_unique_line"),
             models.UniqueConstraint(fields=["batch", "custom_id"], name="batchrequest_unique_custom_id"),
         ]
-        indexes = [models.Index(fields=["batch", "status", "line"])]
+        # Claims read a batch's pending rows in this order (batches/prefixes.py); output reads use the unique (batch, line).
+        indexes = [models.Index(fields=["batch", "status", "prefix_key", "line"])]
 
     def __str__(self):
         return f"{self.batch_id}#{self.line} ({self.custom_id})"
