@@ -172,8 +172,10 @@ def rerun(batch, actor=None):
 
 
 def _create_like(batch, input_file_id, api_key=None):
+    """``api_key``: the key that asked (through the API); else (the admin) the original
+    batch's, so the new batch keeps its owner's weight in the fair share and its quotas."""
     return lifecycle.create_batch(
-        api_key=api_key,
+        api_key_id=api_key.pk if api_key else batch.api_key_id,
         owner_id=batch.owner_id,
         input_file_id=input_file_id,
         endpoint=batch.endpoint,

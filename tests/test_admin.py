@@ -705,3 +705,18 @@ def test_a_running_batch_shows_its_owners_share_and_place(admin_client, make_bat
     assert "owner&#x27;s share" in html and "place in the owner&#x27;s queue" in html
     assert "2 of 2" in html  # the batch expiring sooner goes first
     assert "after 1 earlier batch(es) of its owner" in html
+
+
+def test_admin_retries_and_reruns_keep_the_original_key_and_its_weight(admin_client, processed_batch, make_api_key, upstream):
+    key, _ = make_api_key()
+    key.weight = 3
+    key.save()
+    upstream.configure(down=True)
+    failed = processed_batch([chat_line("x-1")], owner=key.user, api_key=key)
+    upstream.configure(down=False)
+    assert failed.status == BatchStatus.FAILED
+    with_failures = processed_batch([chat_line("ok-0"), chat_line("bad-0", content="FAIL_400")], owner=key.user, api_key=key)
+    run_action(admin_client, "rerun_batches", [failed])
+    run_action(admin_client, "retry_failed_requests", [with_failures])
+    assert Batch.objects.get(retry_of=failed).api_key_id == key.pk
+    assert Batch.objects.get(retry_of=with_failures).api_key_id == key.pk
