@@ -2,10 +2,10 @@
 is streamed once, every line checked (``validation.LineValidator``) and stored as
 a request row, then the batch moves to ``in_progress`` or ``failed``.
 
-Validation tasks take the waiting batches smallest input first (``take_next``):
-django-q2 runs tasks in the order they were queued, so a 10-line batch queued
-behind five large ones would otherwise wait for all five on the worker that is
-not dispatching."""
+A validation task first validates the waiting batches that go before its own,
+smallest input first (``take_next``): django-q2 runs tasks in the order they were
+queued, so a 10-line batch queued behind five large ones would otherwise wait for
+all five on the worker that is not dispatching."""
 
 import logging
 import secrets
@@ -27,18 +27,19 @@ logger = logging.getLogger("openai_batches.tasks")
 ROWS_PER_INSERT = 1000
 # A batch waiting this long goes first whatever its size: small files keep coming cannot hold a large one back.
 VALIDATION_AGING_SECONDS = 30
-# Candidates tried per task: the rest are leased by other workers or taken by later tasks.
+# Candidates looked at per pick: the rest are leased by other workers or wait for later picks.
 TAKE_CANDIDATES = 10
 
 
 def take_next(owner, queued_for):
-    """Lease the waiting batch to validate now, or None: the smallest input file first
-    (``queued_for``, the batch the task was queued for, breaks ties), batches waiting
-    longer than VALIDATION_AGING_SECONDS before all others, oldest first.
+    """Lease the next batch the task queued for ``queued_for`` validates, or None once that
+    batch is no longer waiting (validated, or leased by another worker).
 
-    Every batch still has a task of its own: one validated by another batch's task
-    leaves its task to validate the next one in this order, so none is left behind,
-    and the sweeper re-queues any whose lease lapsed."""
+    Waiting batches go smallest input file first (``queued_for`` first among equals),
+    those waiting longer than VALIDATION_AGING_SECONDS before all others, oldest first.
+    A task validates the batches that go before its own, then its own: a small batch
+    queued last is validated by the next task that starts, and no batch depends on
+    another batch's task (a lost task's batch is picked up by the next one, or the sweeper)."""
     now = timezone.now()
     waiting = Batch.objects.filter(Q(lease_owner__isnull=True) | Q(lease_expires_at__lte=now), status=BatchStatus.VALIDATING)
     aged = now - timedelta(seconds=VALIDATION_AGING_SECONDS)
@@ -49,7 +50,14 @@ def take_next(owner, queued_for):
         # A subquery, not a join: a batch whose file is gone must still be taken (to fail).
         size=Case(When(created_at__lte=aged, then=Value(0)), default=Coalesce(Subquery(file_bytes), 0), output_field=BigIntegerField()),
     ).order_by("aged", "size", "own", "created_at")
-    for batch_id in order.values_list("pk", flat=True)[:TAKE_CANDIDATES]:
+    candidates = list(order.values_list("pk", flat=True)[:TAKE_CANDIDATES])
+    if queued_for in candidates:
+        candidates = candidates[: candidates.index(queued_for) + 1]
+    elif waiting.filter(pk=queued_for).exists():
+        candidates.append(queued_for)  # far down the order: a few of those before it first
+    else:
+        return None
+    for batch_id in candidates:
         if lifecycle.acquire_batch_lease(batch_id, owner, [BatchStatus.VALIDATING]):
             return batch_id
     return None

@@ -28,20 +28,22 @@ IN_PLACE_DISPATCH_SECONDS = 5.0
 
 
 def validate_batch(batch_id):
-    """Validate the waiting batch with the smallest input, maybe another than ``batch_id``
-    (``input_validation.take_next``): its outcome, or "skipped" when none waits."""
+    """Validate ``batch_id``, after the waiting batches that go before it (smaller inputs,
+    ``input_validation.take_next``): its outcome, or "skipped" when it was not waiting."""
     owner = lifecycle.worker_id()
-    batch_id = take_next(owner, batch_id)
-    if batch_id is None:
-        return "skipped"
     started = time.monotonic()
-    try:
-        outcome = InputValidation(batch_id, owner).run()
-    finally:
-        lifecycle.release_batch_lease(batch_id, owner)
-    if outcome == "interrupted":
-        _finalize_batch(batch_id)  # cancelled or expired while validating
-    elif outcome == "in_progress" and time.monotonic() - started < IN_PLACE_DISPATCH_SECONDS and _dispatcher_wanted():
+    outcome = "skipped"
+    while (taken := take_next(owner, batch_id)) is not None:
+        try:
+            result = InputValidation(taken, owner).run()
+        finally:
+            lifecycle.release_batch_lease(taken, owner)
+        if result == "interrupted":
+            _finalize_batch(taken)  # cancelled or expired while validating
+        if taken == batch_id:
+            outcome = result
+            break
+    if outcome == "in_progress" and time.monotonic() - started < IN_PLACE_DISPATCH_SECONDS and _dispatcher_wanted():
         # The dispatch task start_processing queued waits behind the other validations (django-q2
         # runs tasks in order): this worker becomes the dispatcher now, and that task finds no free slot.
         return f"{outcome}; dispatch: {dispatch()}"
