@@ -1,6 +1,8 @@
 """The request bodies of /v1/batches and /v1/webhooks, with OpenAI's errors
 (``files_app.api.serializers``)."""
 
+from rest_framework import serializers
+
 from files_app.api.serializers import OpenAIField, OpenAISerializer, StringField, StringListField, choices_text, invalid, string_enum
 from files_app.models import File
 from files_app.serializers import MAX_EXPIRES_AFTER, MIN_EXPIRES_AFTER
@@ -82,10 +84,7 @@ class OutputExpiresAfterField(OpenAIField):
 
 
 class IdempotencyKeyField(OpenAIField):
-    """The ``Idempotency-Key`` header, else the body's ``idempotency_key``."""
-
-    def get_value(self, dictionary):
-        return self.context["request"].headers.get("Idempotency-Key") or super().get_value(dictionary)
+    """The body's ``idempotency_key`` (the serializer puts the ``Idempotency-Key`` header in its place)."""
 
     def to_internal_value(self, data):
         if not isinstance(data, str) or not 0 < len(data) <= MAX_IDEMPOTENCY_KEY_LENGTH:
@@ -112,6 +111,16 @@ class BatchCreateSerializer(OpenAISerializer):
     metadata = MetadataField(required=False, allow_null=True)
     output_expires_after = OutputExpiresAfterField(required=False, allow_null=True)
     idempotency_key = IdempotencyKeyField(required=False, help_text="Or the Idempotency-Key header, which wins.")
+
+    def validate(self, attrs):
+        """The ``Idempotency-Key`` header wins over the body field (which must still be well-formed)."""
+        header = self.context["request"].headers.get("Idempotency-Key")
+        if header:
+            try:
+                attrs["idempotency_key"] = self.fields["idempotency_key"].to_internal_value(header)
+            except serializers.ValidationError as exc:
+                raise serializers.ValidationError({"idempotency_key": exc.detail}) from None
+        return attrs
 
 
 class WebhookUrlField(StringField):

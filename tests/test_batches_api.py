@@ -344,3 +344,14 @@ def test_without_idempotency_key_each_create_is_new(create):
 
 def test_bad_idempotency_key(create):
     assert_error(create(idempotency_key="x" * 256), 400, param="idempotency_key", code="invalid_value")
+
+
+def test_a_malformed_body_idempotency_key_is_an_error_even_beside_the_header(create):
+    response = create(headers={"Idempotency-Key": "k1"}, idempotency_key=12)
+    assert_error(response, 400, param="idempotency_key", code="invalid_value")
+    assert Batch.objects.count() == 0
+    assert create(headers={"Idempotency-Key": "k1"}, idempotency_key="other").status_code == 200  # well-formed: the header wins
+
+
+def test_bad_idempotency_key_header(create):
+    assert_error(create(headers={"Idempotency-Key": "x" * 256}), 400, param="idempotency_key", code="invalid_value")

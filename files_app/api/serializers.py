@@ -50,6 +50,10 @@ class OpenAIField(serializers.Field):
 
     blank_is_missing = False
 
+    def __init__(self, **kwargs):
+        kwargs.setdefault("allow_null", kwargs.get("required") is False)  # the schema then says so: `nullable`
+        super().__init__(**kwargs)
+
     def validate_empty_values(self, data):
         missing = data is empty or data is None or (self.blank_is_missing and self.required and data == "")
         if not missing:
