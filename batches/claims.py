@@ -45,7 +45,7 @@ ALLOCATION_PASSES = 3
 class Claim:
     """What one claim leased, and the upstream's state it saw."""
 
-    rows: list  # [(pk, batch_id, attempts, body)]
+    rows: list  # [(pk, batch_id, attempts, body)], body the request body's JSON text as stored (sent as it is)
     batches: dict  # batch_id -> (endpoint, model) of the batches rows were leased from
     limit: int = 0  # the upstream's concurrency limit after this claim's feedback
     in_flight: int = 0  # live leases of the upstream before this claim, the caller's unflushed rows excluded
@@ -123,7 +123,6 @@ class Claimer:
             f"SELECT {pk}, {batch_id}, {column(request, 'attempts')}, {column(request, 'body')} FROM {table} "
             f"WHERE {pk} IN ({{ids}}) AND {column(request, 'lease_owner')} = %s AND {status} = %s"
         )
-        self.body_field = request.get_field("body")
 
     def ensure_upstream(self, base_url):
         """Create the upstream's state row the first time it is seen."""
@@ -196,7 +195,7 @@ class Claimer:
             )
             cursor.execute(self.claimed_sql.format(ids=placeholders), [*ids, self.owner, RequestStatus.RUNNING])
             for pk, batch_pk, attempts, body in cursor.fetchall():
-                claim.rows.append((pk, batch_pk, attempts, self.body_field.from_db_value(body, None, connection)))
+                claim.rows.append((pk, batch_pk, attempts, body))
                 claim.batches[batch_pk] = info[batch_pk]
             return claim
 

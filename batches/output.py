@@ -1,5 +1,6 @@
 """Finalization: turning a batch's rows into its output and error files."""
 
+import functools
 import json
 import logging
 import tempfile
@@ -7,6 +8,8 @@ from datetime import timedelta
 
 from django.core.files import File as DjangoFile
 from django.db import transaction
+from django.db.models import TextField
+from django.db.models.functions import Cast
 from django.utils import timezone
 
 from files_app.models import File, FilePurpose
@@ -14,7 +17,7 @@ from files_app.models import File, FilePurpose
 from . import lifecycle
 from .conf import app_settings
 from .field_rules import is_int
-from .models import Batch, BatchRequest, BatchStatus, RequestStatus
+from .models import Batch, BatchRequest, BatchStatus, RequestStatus, request_public_id
 
 logger = logging.getLogger("openai_batches.output")
 
@@ -28,14 +31,25 @@ UNFINISHED_ERRORS = {
 }
 UNFINISHED_ROW_STATUS = {BatchStatus.CANCELLED: RequestStatus.CANCELLED, BatchStatus.EXPIRED: RequestStatus.EXPIRED}
 SPOOL_BYTES = 1024 * 1024
-# The columns a result line is made of (BatchRequest.to_output_line).
-RESULT_FIELDS = ("id", "batch_id", "line", "custom_id", "status", "status_code", "response_body", "error", "upstream_request_id")
+_dumps = functools.partial(json.dumps, ensure_ascii=False, separators=(",", ":"))
+
+
+def result_rows(rows):
+    """``rows`` (BatchRequests) as ``result_line`` takes them: the columns of a result line,
+    the response body as its stored JSON text (no model instance, no decoding)."""
+    body = Cast("response_body", output_field=TextField())
+    return rows.values_list("batch_id", "line", "custom_id", "status", "status_code", "upstream_request_id", body, "error")
 
 
 def result_line(row):
-    """One request's line of the output or error file, as bytes; also what
-    ``GET /v1/batches/{id}/results`` streams."""
-    return (json.dumps(row.to_output_line(), ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+    """One request's line of the output or error file, as bytes (``BatchRequest.to_output_line``
+    with the stored body spliced in as it is); also what ``GET /v1/batches/{id}/results`` streams."""
+    batch_id, line, custom_id, _, status_code, request_id, body_text, error = row
+    response = "null"
+    if status_code is not None:
+        response = f'{{"status_code":{status_code},"request_id":{_dumps(request_id)},"body":{body_text or "null"}}}'
+    public_id = request_public_id(batch_id, line)
+    return f'{{"id":"{public_id}","custom_id":{_dumps(custom_id)},"response":{response},"error":{_dumps(error)}}}\n'.encode()
 
 
 class UsageTotals:
@@ -119,17 +133,16 @@ def _finalize(batch_id, owner):
     usage = UsageTotals()
     counts = {"succeeded": 0, "failed": 0}
     with tempfile.SpooledTemporaryFile(SPOOL_BYTES) as out, tempfile.SpooledTemporaryFile(SPOOL_BYTES) as err:
-        for row in rows.order_by("line").only(*RESULT_FIELDS).iterator(chunk_size=2000):
-            line = result_line(row)
-            if row.status == RequestStatus.SUCCEEDED:
+        for row in result_rows(rows.order_by("line")).iterator(chunk_size=2000):
+            _, _, _, status, status_code, _, body_text, _ = row
+            if status_code is not None and body_text:
+                usage.add(json.loads(body_text))
+            if status == RequestStatus.SUCCEEDED:
                 counts["succeeded"] += 1
-                usage.add(row.response_body)
-                out.write(line)
+                out.write(result_line(row))
             else:
                 counts["failed"] += 1
-                if row.status_code is not None:
-                    usage.add(row.response_body)
-                err.write(line)
+                err.write(result_line(row))
         output_file = _store(batch, out, "output", counts["succeeded"], now)
         error_file = _store(batch, err, "error", counts["failed"], now)
 

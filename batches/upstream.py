@@ -88,9 +88,10 @@ class AiohttpClient:
             )
         return self.session
 
-    async def post(self, path: str, body: dict):
-        """``(status, headers, content)`` of one POST; raises TimeoutError / OSError / aiohttp errors."""
-        payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+    async def post(self, path: str, body: dict | str):
+        """``(status, headers, content)`` of one POST of ``body`` (a dict, or its JSON text: sent as it
+        is); raises TimeoutError / OSError / aiohttp errors."""
+        payload = body.encode() if isinstance(body, str) else json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
         url = f"{self.url}/{path.lstrip('/')}"
         async with self._session().post(url, data=payload, proxy=self.proxy, allow_redirects=False) as response:
             return response.status, response.headers, await response.read()
@@ -119,7 +120,9 @@ class OpenAIClient:
             base_url=route.base_url, api_key=self.api_key, max_retries=0, timeout=app_settings.UPSTREAM_TIMEOUT, http_client=http_client
         )
 
-    async def post(self, path: str, body: dict):
+    async def post(self, path: str, body: dict | str):
+        if isinstance(body, str):
+            body = json.loads(body)
         try:
             response = await self.client.post(path, cast_to=httpx.Response, body=body)
         except openai.APIStatusError as exc:
@@ -285,11 +288,14 @@ EMBEDDINGS = "/v1/embeddings"
 _bundlers = weakref.WeakKeyDictionary()
 
 
-async def send(client, endpoint: str, body: dict) -> Outcome:
+async def send(client, endpoint: str, body: dict | str) -> Outcome:
     """One line's upstream call, classified; an embeddings line may share its call
-    with others (``batches/bundling.py``). Never raises for upstream trouble."""
+    with others (``batches/bundling.py``). ``body``: the request body, or its JSON
+    text (as claims read it). Never raises for upstream trouble."""
     size = app_settings.EMBEDDINGS_BUNDLE_SIZE
     if endpoint == EMBEDDINGS and size > 1:
+        if isinstance(body, str):
+            body = json.loads(body)
         bundler = _bundlers.get(client)
         if bundler is None:
             bundler = _bundlers[client] = bundling.Bundler()
@@ -297,7 +303,7 @@ async def send(client, endpoint: str, body: dict) -> Outcome:
     return await call(client, endpoint, body)
 
 
-async def call(client, endpoint: str, body: dict) -> Outcome:
+async def call(client, endpoint: str, body: dict | str) -> Outcome:
     """One upstream call, classified. Never raises for upstream trouble."""
     started = time.monotonic()
     outcome = await _send(client, endpoint, body)

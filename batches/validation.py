@@ -204,9 +204,8 @@ class LineValidator:
     def _check_model(self, line_no, model):
         # Moderations may omit the model (the upstream picks its default); elsewhere a
         # missing or mistyped model was already reported with the required fields.
-        required = self.spec.model_required
         if model is not None and not isinstance(model, str):
-            if required:
+            if self.spec.model_required:
                 return []
             return [
                 _error(
@@ -216,7 +215,7 @@ class LineValidator:
                     line_no,
                 )
             ]
-        if model is None and required:
+        if model is None and self.spec.model_required:
             return []
         if model == "":
             return [_error("Invalid 'body.model': empty string. Expected a model name.", "invalid_request", "body.model", line_no)]

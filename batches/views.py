@@ -14,7 +14,7 @@ from files_app.models import File, FilePurpose
 
 from . import lifecycle, operations, quotas
 from .models import Batch, BatchStatus, RequestStatus
-from .output import RESULT_FIELDS, result_line
+from .output import result_line, result_rows
 from .serializers import BatchCreateSerializer
 
 logger = logging.getLogger("openai_batches.api")
@@ -132,7 +132,7 @@ class BatchViewSet(ListMixin, RetrieveMixin, OpenAIViewSet):
                     f"Invalid 'after': no request with custom_id '{after}' in this batch.", param="after", code="invalid_value"
                 )
             rows = rows.filter(line__gt=after_line)
-        rows = rows.order_by("line").only(*RESULT_FIELDS)
+        rows = result_rows(rows.order_by("line"))
         has_more = False
         if "limit" in params:
             limit = parse_limit(params["limit"], MAX_RESULTS_LIMIT)

@@ -181,7 +181,7 @@ def test_window_slides_past_a_slow_request(run, batch_settings, monkeypatch):
     all_fast_done = asyncio.Event()
 
     async def send(client, endpoint, body):
-        content = body["messages"][0]["content"]
+        content = json.loads(body)["messages"][0]["content"]  # claimed bodies come as their stored JSON text
         if content == "slow":
             try:
                 await asyncio.wait_for(all_fast_done.wait(), timeout=10)

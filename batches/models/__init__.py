@@ -19,6 +19,7 @@ from .batch import (
     BatchStatus,
     RequestStatus,
     new_batch_id,
+    request_public_id,
     to_unix,
 )
 from .scheduling import DispatcherSlot, RateLimitBucket, UpstreamState
@@ -58,6 +59,7 @@ __all__ = [
     "WebhookEndpointQuerySet",
     "WebhookEventType",
     "new_batch_id",
+    "request_public_id",
     "new_webhook_endpoint_id",
     "new_webhook_secret",
     "to_unix",

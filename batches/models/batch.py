@@ -34,6 +34,11 @@ def to_unix(value):
     return int(value.timestamp()) if value else None
 
 
+def request_public_id(batch_id, line):
+    """The ``id`` of a request's result line: stable across retries and re-finalization, without storing another column."""
+    return f"batch_req_{hashlib.blake2b(f'{batch_id}:{line}'.encode(), digest_size=12).hexdigest()}"
+
+
 def new_batch_id():
     return make_id("batch_", 16)
 
@@ -240,9 +245,7 @@ class BatchRequest(models.Model):
 
     @property
     def public_id(self):
-        # Stable across retries and re-finalization, without storing another column.
-        digest = hashlib.blake2b(f"{self.batch_id}:{self.line}".encode(), digest_size=12).hexdigest()
-        return f"batch_req_{digest}"
+        return request_public_id(self.batch_id, self.line)
 
     def to_output_line(self):
         """The JSONL record of this request in the output or error file."""

@@ -25,6 +25,7 @@ diagram); docs/reliability.md the failure model.
 """
 
 import collections
+import json
 import logging
 import time
 from datetime import timedelta
@@ -350,7 +351,7 @@ class Dispatcher:
             for pk, batch_id, attempts, body in claim.rows:
                 endpoint, model = claim.batches[batch_id]
                 job = self._job(batch_id, base_url, endpoint, model)
-                tokens = ratelimit.estimate_tokens(body) if job.limiter and job.limiter.counts_tokens else 0
+                tokens = ratelimit.estimate_tokens(json.loads(body)) if job.limiter and job.limiter.counts_tokens else 0
                 key = job.limiter.key if job.limiter else None
                 lane.ready.setdefault(key, collections.deque()).append((pk, job, attempts, body, tokens))
             claimed = claimed or bool(claim.rows)
