@@ -66,24 +66,23 @@ def json_text(text, connection):
     return connection.ops.adapt_json_value(_JsonText(text), _PassThroughEncoder)
 
 
-def insert_each(objs):
-    """Like ``bulk_create(objs)`` without returning primary keys: one INSERT per
-    instance, sent with ``executemany``. Validation stores every input line this way."""
-    if not objs:
+def insert_rows(model, fields, rows):
+    """Like ``bulk_create`` without returning primary keys, from rows of values in
+    ``fields`` order, already as the database takes them (no model instance): one
+    INSERT per row, sent with ``executemany``. Columns not in ``fields`` are NULL.
+    Validation stores every input line this way."""
+    if not rows:
         return
-    model = type(objs[0])
     connection = connections[router.db_for_write(model)]
     meta = model._meta
     quote = connection.ops.quote_name
-    targets = [field for field in meta.concrete_fields if not field.generated and field is not meta.auto_field]
     sql = "INSERT INTO {table} ({columns}) VALUES ({values})".format(
         table=quote(meta.db_table),
-        columns=", ".join(quote(field.column) for field in targets),
-        values=", ".join(["%s"] * len(targets)),
+        columns=", ".join(quote(meta.get_field(name).column) for name in fields),
+        values=", ".join(["%s"] * len(fields)),
     )
-    params = [[field.get_db_prep_save(field.pre_save(obj, True), connection) for field in targets] for obj in objs]
     with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
-        cursor.executemany(sql, params)
+        cursor.executemany(sql, rows)
 
 
 def relax_commit(using="default"):

@@ -11,6 +11,7 @@ import logging
 import secrets
 from datetime import timedelta
 
+from django.db import connections, router
 from django.db.models import BigIntegerField, Case, OuterRef, Q, Subquery, Value, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -25,6 +26,22 @@ from .validation import LineError, LineValidator
 logger = logging.getLogger("openai_batches.tasks")
 
 ROWS_PER_INSERT = 1000
+# The columns validation writes (the others start NULL).
+ROW_FIELDS = (
+    "batch",
+    "line",
+    "custom_id",
+    "body",
+    "status",
+    "attempts",
+    "status_code",
+    "response_body",
+    "error",
+    "upstream_request_id",
+    "finished_at",
+    "prefix_key",
+)
+
 # A batch waiting this long goes first whatever its size: small files keep coming cannot hold a large one back.
 VALIDATION_AGING_SECONDS = 30
 # Candidates looked at per pick: the rest are leased by other workers or wait for later picks.
@@ -74,6 +91,8 @@ class InputValidation:
         self.rows_written = 0
         self.failed_rows = 0
         self.prompt_tokens = 0
+        self.connection = connections[router.db_for_write(BatchRequest)]
+        self.json_field = BatchRequest._meta.get_field("body")
 
     def run(self):
         batch = self.batch
@@ -138,20 +157,23 @@ class InputValidation:
         return "in_progress"
 
     def _add_row(self, valid):
-        row = BatchRequest(
-            batch_id=self.batch.id,
-            line=valid.line,
-            custom_id=valid.custom_id,
-            body=valid.body,
-            prefix_key=prefixes.prefix_key(self.batch.endpoint, valid.body),
-        )
+        """Buffer ``valid`` as a row of ``ROW_FIELDS`` values (as the database takes them)."""
         self.prompt_tokens += ratelimit.estimate_prompt_tokens(valid.body)
+        body = self.json_field.get_db_prep_save(valid.body, self.connection)
+        prefix_key = prefixes.prefix_key(self.batch.endpoint, valid.body)
+        row = [self.batch.id, valid.line, valid.custom_id, body, RequestStatus.PENDING, 0, None, None, None, "", None, prefix_key]
         if valid.problem:
             # Breaks the endpoint's schema: answered here as OpenAI would, never sent upstream.
             err = valid.problem["error"]
-            row.status, row.status_code, row.response_body = RequestStatus.FAILED, 400, valid.problem
-            row.error, row.finished_at = {"code": err["code"], "message": err["message"]}, timezone.now()
-            row.upstream_request_id = f"req_{secrets.token_hex(16)}"  # answered here, so the id is ours
+            row[4:11] = [
+                RequestStatus.FAILED,
+                0,
+                400,
+                self.json_field.get_db_prep_save(valid.problem, self.connection),
+                self.json_field.get_db_prep_save({"code": err["code"], "message": err["message"]}, self.connection),
+                f"req_{secrets.token_hex(16)}",  # answered here, so the id is ours
+                self.connection.ops.adapt_datetimefield_value(timezone.now()),
+            ]
             self.failed_rows += 1
         self.pending_rows.append(row)
         if len(self.pending_rows) >= ROWS_PER_INSERT:
@@ -159,7 +181,7 @@ class InputValidation:
 
     def _write_rows(self):
         if self.pending_rows:
-            bulk.insert_each(self.pending_rows)
+            bulk.insert_rows(BatchRequest, ROW_FIELDS, self.pending_rows)
             self.rows_written += len(self.pending_rows)
             self.pending_rows = []
 
