@@ -14,7 +14,9 @@ update. docs/scheduling.md explains the whole scheduler.
   (0.9): TCP's 0.5-0.7 left a sawtooth averaging 87 % of the upstream's
   capacity. The first cut, which ends slow start, starts from what was in
   flight rather than from the limit that doubling overshot (as TCP sets its
-  threshold from the flight size), keeping at least half the limit.
+  threshold from the flight size), keeping at least half the limit; only while
+  the demand fills the limit, since otherwise fewer requests were in flight for
+  want of work, not because the upstream refused them.
 * **Increase**: +1 per window of successful calls (as many successes as the
   limit, one round trip's worth) while recent latency stays within
   ``LATENCY_GROW_RATIO`` × baseline and the demand fills the limit; doubled per
@@ -94,7 +96,7 @@ class Limit:
                 return None
             before = self.concurrency_limit
             cut = math.floor(DECREASE_FACTOR * before)
-            if self.last_decrease_at is None:
+            if self.last_decrease_at is None and saturated:
                 cut = max(math.floor(DECREASE_FACTOR * min(before, in_flight)), math.floor(before * MIN_DECREASE_SHARE))
             self.concurrency_limit = max(1, min(before - 1, cut))
             self.last_decrease_at = now

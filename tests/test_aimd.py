@@ -55,6 +55,13 @@ def test_the_cut_ending_slow_start_starts_from_what_was_in_flight():
     assert limit.concurrency_limit == int(24 * DECREASE_FACTOR) == 21
 
 
+def test_the_cut_ending_slow_start_starts_from_the_limit_when_work_was_short():
+    # Few requests were in flight because few were left, not because the upstream refused more.
+    limit = Limit(64, latency_ms=100.0, baseline_latency_ms=100.0)
+    limit.apply(congestion(), now=1.0, ceiling=64, saturated=False, in_flight=30)
+    assert limit.concurrency_limit == int(64 * DECREASE_FACTOR) == 57
+
+
 def test_the_cut_ending_slow_start_keeps_half_the_limit_however_little_was_in_flight():
     limit = Limit(40, latency_ms=100.0, baseline_latency_ms=100.0)
     limit.apply(congestion(), now=10.0, ceiling=64, saturated=True, in_flight=3)

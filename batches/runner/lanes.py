@@ -145,7 +145,7 @@ class Lane:
 
     def claim_group(self):
         """Claim again once this many of our calls finished: small groups, so one slow call never holds places back."""
-        return max(1, min(8, self.limit // 8))
+        return max(1, min(8, self.limit // 16))
 
     def wanted(self, dispatchers, polled):
         """How many rows to claim now: what the breaker allows, within the smallest rate-limit burst seen here.
