@@ -184,7 +184,11 @@ class Claimer:
                 cursor, base_url, limit, feedback, ceiling=ceiling, saturated=demand >= limit.concurrency_limit, in_flight=in_flight
             )
             usable = min(limit.concurrency_limit, demand)
-            ids = self._pick(cursor, candidates, lapsed, min(wanted, limit.concurrency_limit - in_flight), at)
+            # A claim bringing refusals (429/503...) adds no call: the upstream is full right now, and a
+            # refused call frees its place at once, so refilling it would be refused too (a storm of 429s
+            # between two cuts). The places wait for the next claim, after a call that succeeded.
+            room = 0 if feedback.congestion else limit.concurrency_limit - in_flight
+            ids = self._pick(cursor, candidates, lapsed, min(wanted, room), at)
             claim = Claim([], {}, limit=limit.concurrency_limit, in_flight=in_flight, usable=usable, runnable=len(candidates))
             if not ids:
                 return claim

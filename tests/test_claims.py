@@ -165,3 +165,16 @@ def test_rows_that_start_alike_are_claimed_together_in_file_order(make_batch, sc
     first_group = claimed[0] % 2
     # One system prompt's four lines first, in file order, then the other's.
     assert claimed == [line for parity in (first_group, 1 - first_group) for line in range(1, 9) if line % 2 == parity]
+
+
+def test_a_claim_bringing_refusals_adds_no_call(running, scheduling, upstream):
+    scheduling(UPSTREAM_INITIAL_IN_FLIGHT=16, UPSTREAM_MAX_IN_FLIGHT=16)
+    batch = running(50)
+    dispatcher = claims.Claimer("host:1:a")
+    assert len(claim(dispatcher, upstream.base_url, wanted=16).rows) == 16
+    # 6 calls refused: the limit is cut to 0.9 x the 10 still in flight.
+    assert claim(dispatcher, upstream.base_url, unflushed={batch.id: 6}, feedback=Feedback(congestion=6)).limit == 9
+    # 2 more refused within the cooldown: no second cut, and no call to replace them although a place is free.
+    refused = claim(dispatcher, upstream.base_url, unflushed={batch.id: 8}, feedback=Feedback(congestion=2))
+    assert (refused.limit, refused.in_flight, refused.rows) == (9, 8, [])
+    assert len(claim(dispatcher, upstream.base_url, unflushed={batch.id: 8}).rows) == 1
