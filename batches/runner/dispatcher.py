@@ -347,7 +347,10 @@ class Dispatcher:
                 lease_until=at + self.lease,
             )
             lane.limit, lane.usable, lane.finished_since_claim = claim.limit, claim.usable, 0
-            lane.next_claim = now if len(claim.rows) >= wanted else now + CLAIM_POLL_SECONDS
+            if polled:
+                # A refill of our own freed places leaves the poll where it was: places beyond our
+                # part go to whichever dispatcher polls when they stayed free, not to the quickest refiller.
+                lane.next_claim = now if len(claim.rows) >= wanted else now + CLAIM_POLL_SECONDS
             for pk, batch_id, attempts, body in claim.rows:
                 endpoint, model = claim.batches[batch_id]
                 job = self._job(batch_id, base_url, endpoint, model)
