@@ -51,8 +51,10 @@ def validate_batch(batch_id):
 
 
 def _dispatcher_wanted():
-    """In a cluster worker (never in a task run inline: tests, sync mode), while fewer than DISPATCHERS live."""
-    return worker_shutdown.in_cluster() and slots.live_count() < app_settings.DISPATCHERS
+    """In a cluster worker (never in a task run inline: tests, sync mode) while no dispatcher lives,
+    with DISPATCHERS 1: several start together from the queued tasks and share the rows from their
+    first claim, where one started ahead of them would count itself alone and take every place."""
+    return worker_shutdown.in_cluster() and app_settings.DISPATCHERS == 1 and slots.live_count() == 0
 
 
 def dispatch():
