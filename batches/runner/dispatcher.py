@@ -341,7 +341,7 @@ class Dispatcher:
             claim = self.claimer.claim(
                 base_url,
                 wanted=wanted,
-                unflushed=self.results.unflushed(),
+                unflushed=self.results.unflushed() if lane.below_share(self.dispatchers) else {},
                 feedback=lane.take_feedback(),
                 now=at,
                 lease_until=at + self.lease,

@@ -158,9 +158,23 @@ class Lane:
         bursts = [limiter.burst_requests for limiter in self.limiters.values() if limiter.burst_requests]
         wanted = min([CLAIM_MAX_ROWS, *bursts])
         if not polled:
-            mine = self.in_flight + sum(len(rows) for rows in self.ready.values())
-            wanted = min(wanted, -(-self.usable // dispatchers) - mine)
+            wanted = min(wanted, self.share(dispatchers) - self.held())
         return self.breaker.allowance(max(0, wanted))
+
+    def share(self, dispatchers):
+        """Our part of the places this upstream's batches can have in flight now."""
+        return -(-self.usable // dispatchers)
+
+    def held(self):
+        """Rows we hold: in flight or ready to send."""
+        return self.in_flight + sum(len(rows) for rows in self.ready.values())
+
+    def below_share(self, dispatchers):
+        """Below our part, a claim counts our finished calls whose results are not written yet as
+        free places; beyond it, only places no dispatcher holds. Otherwise the dispatcher that
+        refills its own freed places before writing their results takes every place, and the
+        others (which still see those rows leased) never get one."""
+        return self.held() < self.share(dispatchers)
 
     def sendable(self, now):
         """Pop the ready rows that may go out now, as the breaker and each rate limit allow:
