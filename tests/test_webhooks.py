@@ -11,6 +11,8 @@ from unittest import mock
 
 import openai
 import pytest
+from django.contrib.admin.utils import quote
+from django.urls import reverse
 from django.utils import timezone
 from openai.types.webhooks import BatchCompletedWebhookEvent
 
@@ -557,7 +559,7 @@ def test_admin_shows_the_secret_once_on_creation(admin_client, admin_user):
     endpoint = WebhookEndpoint.objects.get()
     assert endpoint.event_types == ["batch.completed"]
     assert endpoint.secret in response.content.decode()
-    change_page = admin_client.get(f"/admin/batches/webhookendpoint/{endpoint.pk}/change/")
+    change_page = admin_client.get(reverse("admin:batches_webhookendpoint_change", args=[quote(endpoint.pk)]))
     assert change_page.status_code == 200 and endpoint.secret not in change_page.content.decode()
 
 
@@ -582,7 +584,7 @@ def test_admin_delivery_log_and_resend(
 
     page = admin_client.get("/admin/batches/webhookdelivery/")
     assert page.status_code == 200 and failed.event_id in page.content.decode()
-    assert admin_client.get(f"/admin/batches/webhookdelivery/{failed.pk}/change/").status_code == 200  # read-only view
+    assert admin_client.get(reverse("admin:batches_webhookdelivery_change", args=[quote(failed.pk)])).status_code == 200  # read-only view
 
     # Attempt 2 is still pending: resend is refused for that event.
     response = admin_client.post("/admin/batches/webhookdelivery/", {"action": "resend", "_selected_action": [failed.pk]}, follow=True)
