@@ -7,6 +7,7 @@ enqueued on django-q2: every task is called directly here.
 
 import asyncio
 import json
+import socket
 import time
 from datetime import timedelta
 
@@ -264,6 +265,44 @@ def test_unreachable_upstream_gives_up_with_no_response(validated, upstream, bat
     assert errors["a"]["response"] is None
     assert errors["a"]["error"]["code"] == "upstream_unreachable"
     assert upstream.stats()["dropped"] == 2
+
+
+@pytest.fixture
+def silent_upstream():
+    """The base URL of a server that accepts connections and never answers."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    yield f"http://127.0.0.1:{server.getsockname()[1]}/v1"
+    server.close()
+
+
+def test_a_silent_upstream_holds_back_only_its_own_batches(validated, upstream, batch_settings, silent_upstream, on_flush):
+    batch_settings(
+        MODELS={"fake-model": {"base_url": upstream.base_url}, "silent-model": {"base_url": silent_upstream}},
+        UPSTREAM_TIMEOUT=3.0,
+        MAX_ATTEMPTS=1,
+    )
+    stuck = validated([chat_line(f"s{i}", model="silent-model") for i in range(3)])
+    healthy = validated([chat_line(f"h{i}") for i in range(20)])
+    stuck_done_when_healthy_finished = []
+
+    def observe(batch_ids):
+        if healthy.id in batch_ids and not stuck_done_when_healthy_finished:
+            if Batch.objects.get(pk=healthy.id).completed_requests == 20:
+                stuck_done_when_healthy_finished.append(
+                    BatchRequest.objects.filter(batch=stuck).exclude(status=RequestStatus.RUNNING).count()
+                )
+
+    on_flush(observe)
+    assert run_batches() == "idle"
+    # The healthy batch finished while every call to the silent upstream was still waiting.
+    assert stuck_done_when_healthy_finished == [0]
+    healthy.refresh_from_db()
+    stuck.refresh_from_db()
+    assert (healthy.status, healthy.request_counts()) == (BatchStatus.COMPLETED, {"total": 20, "completed": 20, "failed": 0})
+    assert (stuck.status, stuck.request_counts()) == (BatchStatus.COMPLETED, {"total": 3, "completed": 0, "failed": 3})
+    assert chat_calls(upstream) == 20
 
 
 # --- cancel -------------------------------------------------------------------------------
